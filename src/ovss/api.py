@@ -1,0 +1,101 @@
+"""The public API: ``Segmenter(method=..., clip=...).segment(image, classes) -> SegResult``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .device import resolve_device
+from .io import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from .methods import get_method_spec
+from .models.clip import TINY_RANDOM, load_clip
+from .result import SegResult
+from .vocab import Vocabulary, build_vocabulary
+
+_BACKBONE_LOADERS = {"clip": load_clip}
+_LOADED: dict[tuple[str, str, str], Any] = {}
+
+
+def load_backbone(kind: str, spec: Any, device: torch.device) -> Any:
+    """A backbone by name (hub id, local dir, ``tiny-random``), or an already-built object."""
+    if not isinstance(spec, str):
+        return spec  # a loaded backbone or a synthetic stand-in
+    key = (kind, spec, str(device))
+    if key not in _LOADED:
+        _LOADED[key] = _BACKBONE_LOADERS[kind](spec, device=device)
+    return _LOADED[key]
+
+
+class Segmenter:
+    """Open-vocabulary semantic segmentation of images with any class names.
+
+    >>> seg = Segmenter(method="sclip", clip="openai/clip-vit-base-patch16")
+    >>> result = seg.segment("photo.jpg", "cat; sofa, couch; potted plant", background="words")
+    >>> result.save_png("photo_labels.png")
+
+    ``clip`` takes a Hugging Face hub id, a local directory or ``"tiny-random"``; ``device``
+    defaults to CUDA when present. Any method setting can be overridden by keyword
+    (``Segmenter("sclip", logit_scale=50, window=(448, 224))``); see ``ovss methods``.
+    """
+
+    def __init__(
+        self,
+        method: str = "sclip",
+        clip: Any = TINY_RANDOM,
+        device: str | torch.device | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        **settings: Any,
+    ) -> None:
+        self.spec = get_method_spec(method)
+        self.settings = self.spec.make_settings(settings)
+        self.device = resolve_device(device)
+        self.max_pixels = max_pixels
+        self.backbone_names = {"clip": clip if isinstance(clip, str) else getattr(clip, "name", type(clip).__name__)}
+        backbones = {kind: load_backbone(kind, {"clip": clip}[kind], self.device) for kind in self.spec.needs}
+        self.method = self.spec.factory(backbones, self.settings, self.device)
+
+    def segment(
+        self,
+        image: ImageInput,
+        classes: str | list[str] | Vocabulary,
+        background: str | list[str] | None = None,
+        return_probs: bool = False,
+    ) -> SegResult:
+        """Label every pixel of ``image`` with one of ``classes``.
+
+        ``classes``: ``"cat; sofa, couch; plant"`` (``;`` between classes, ``,`` between synonyms)
+        or a list. ``background``: ``None`` (no background class), ``"words"`` (class 0 queried by
+        26 background words), ``"threshold"`` (class 0 below ``prob_thd``) or a list of words.
+        """
+        vocab = build_vocabulary(classes, background)
+        rgb = load_image(image, self.max_pixels)
+        start = time.perf_counter()
+        out = self.method.segment(rgb, vocab, return_probs=return_probs)
+        seconds = time.perf_counter() - start
+        return SegResult(out.labels, list(vocab.names), out.probs, rgb, self._info(vocab, seconds))
+
+    def dense_features(self, image: ImageInput) -> np.ndarray:
+        """The method's language-aligned ``(D, h, w)`` patch embeddings, where it has them."""
+        if not hasattr(self.method, "dense_features"):
+            raise NotImplementedError(f"method {self.spec.name!r} has no dense feature map")
+        return self.method.dense_features(load_image(image, self.max_pixels))
+
+    def _info(self, vocab: Vocabulary, seconds: float) -> dict[str, Any]:
+        settings = {k: v for k, v in vars(self.settings).items()}
+        if hasattr(self.method, "effective_prob_thd"):
+            settings["prob_thd"] = self.method.effective_prob_thd(vocab)
+        models = dict(self.backbone_names)
+        return {
+            "method": self.spec.name,
+            "settings": settings,
+            "vocabulary": vocab.to_dict(),
+            "models": models,
+            "random_weights": [k for k, v in models.items() if v == TINY_RANDOM],
+            "device": str(self.device),
+            "ovss_version": __version__,
+            "seconds": round(seconds, 4),
+        }

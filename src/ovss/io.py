@@ -1,0 +1,165 @@
+"""Robust image reading and atomic file writing.
+
+Every image enters ovss through :func:`load_image`, which accepts paths, PIL images and numpy
+arrays of any common mode (EXIF-rotated, greyscale, RGBA, 16-bit, palette) and returns an
+``(H, W, 3) uint8`` RGB array, or raises an :class:`InputError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+# Largest image accepted, in pixels. Bigger inputs are refused before decoding, so that a
+# 20000x20000 photo is a one-line error and not an out-of-memory crash.
+DEFAULT_MAX_PIXELS = 64_000_000
+MIN_SIDE = 2
+
+
+def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Return ``image`` as an ``(H, W, 3) uint8`` RGB array."""
+    if isinstance(image, np.ndarray):
+        arr = _array_to_rgb(image)
+    elif isinstance(image, Image.Image):
+        arr = _pil_to_rgb(image, "<PIL image>", max_pixels)
+    elif isinstance(image, (str, os.PathLike)):
+        arr = _read_path(Path(image), max_pixels)
+    else:
+        raise InputError(f"cannot read an image from a {type(image).__name__}; pass a path, PIL image or array")
+    h, w = arr.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"image is {w}x{h} pixels; ovss needs at least {MIN_SIDE}x{MIN_SIDE}")
+    if h * w > max_pixels:
+        raise InputError(_too_big(w, h, max_pixels))
+    return arr
+
+
+def _too_big(w: int, h: int, max_pixels: int) -> str:
+    return (
+        f"image is {w}x{h} ({w * h / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP limit; "
+        "downscale it or raise the limit (--max-pixels)"
+    )
+
+
+def _read_path(path: Path, max_pixels: int) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an image file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(f"{path}: " + _too_big(w, h, max_pixels))
+            return _pil_to_rgb(im, str(path), max_pixels)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: not a readable image ({_short(e)}); re-save it as PNG or JPEG") from None
+
+
+def _short(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:120]
+
+
+def _pil_to_rgb(im: Image.Image, name: str, max_pixels: int) -> np.ndarray:
+    w, h = im.size
+    if w * h > max_pixels:
+        raise InputError(f"{name}: " + _too_big(w, h, max_pixels))
+    im.load()  # decode now so truncated files fail here, with the file's name
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _array_to_rgb(np.asarray(im))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)  # transparent pixels become white
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise InputError(f"image array has shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+    if arr.shape[2] == 4:
+        alpha = arr[..., 3:4].astype(np.float64) / (np.iinfo(arr.dtype).max if arr.dtype.kind in "ui" else 1.0)
+        arr = arr[..., :3] * alpha + (1 - alpha) * _white(arr.dtype)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind in "ui":
+        top = 255 if arr.max(initial=0) <= 255 else (65535 if arr.max() <= 65535 else float(arr.max()))
+        return np.clip(np.round(arr.astype(np.float64) * 255.0 / top), 0, 255).astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise InputError("image array contains NaN or infinite values")
+        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        return np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    raise InputError(f"image array has unsupported dtype {arr.dtype}")
+
+
+def _white(dtype: np.dtype) -> float:
+    return float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else 1.0
+
+
+def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and directories (recursively, sorted) into image paths."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise InputError(f"{path}: directory holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
+            found.extend(files)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or directory")
+    return found
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_image(path: str | os.PathLike, image: Image.Image, **kwargs: Any) -> None:
+    fmt = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **kwargs)

@@ -1,0 +1,77 @@
+"""The method contract and the string registry.
+
+A method is built from loaded backbones and a settings dataclass, and maps an ``(H, W, 3)``
+uint8 image plus a :class:`Vocabulary` to a label map (and class probabilities on demand).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..vocab import Vocabulary
+
+
+@dataclass
+class MethodOutput:
+    labels: np.ndarray  # (H, W) int32 class indices into the vocabulary
+    probs: np.ndarray | None = None  # (C, H, W) float32, when asked for
+
+
+class Method:
+    """Base class: subclasses set ``settings`` and implement :meth:`segment`."""
+
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, backbones: dict[str, Any], settings: Any, device: torch.device) -> None:
+        self.backbones = backbones
+        self.settings = settings
+        self.device = device
+
+    def segment(self, image: np.ndarray, vocab: Vocabulary, return_probs: bool = False) -> MethodOutput:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    factory: Callable[[dict[str, Any], Any, torch.device], Method]
+    settings: Any  # a dataclass instance holding this method's defaults
+    needs: tuple[str, ...]
+    reference: str = ""
+
+    def make_settings(self, overrides: dict[str, Any]) -> Any:
+        known = {f.name: f for f in dataclasses.fields(self.settings)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise InputError(
+                f"method {self.name!r} has no setting {unknown[0]!r}; its settings are: {', '.join(known)}"
+            )
+        return dataclasses.replace(self.settings, **overrides)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"method {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available_methods() -> dict[str, MethodSpec]:
+    return dict(_REGISTRY)
+
+
+def get_method_spec(name: str) -> MethodSpec:
+    if name not in _REGISTRY:
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(_REGISTRY)} (see `ovss methods`)")
+    return _REGISTRY[name]

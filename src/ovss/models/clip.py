@@ -1,0 +1,174 @@
+"""CLIP from transformers: text embeddings and dense patch embeddings.
+
+``load_clip(name)`` accepts a Hugging Face hub id (``openai/clip-vit-base-patch16``), a local
+directory saved with ``save_pretrained`` (safetensors), or ``tiny-random``: a small random CLIP
+built from a config, for tests and smoke runs only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from ..ops.dense_clip import dense_clip_features
+
+TINY_RANDOM = "tiny-random"
+CLIP_MODEL_TYPES = ("clip", "metaclip_2")
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CLIPBackbone:
+    """A CLIP model and tokenizer behind ovss's :class:`TextEncoder` and :class:`DenseImageEncoder`."""
+
+    def __init__(self, model, tokenizer, name: str, device: torch.device | str = "cpu") -> None:
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = torch.device(device)
+        vision = model.config.vision_config
+        self.patch_size: int = vision.patch_size
+        self.image_size: int = vision.image_size
+        self.mean = OPENAI_CLIP_MEAN
+        self.std = OPENAI_CLIP_STD
+        self.context_length: int = model.config.text_config.max_position_embeddings
+        self.is_tiny_random = name == TINY_RANDOM
+        self._fingerprint: str | None = None
+
+    @property
+    def vision(self):
+        return self.model.vision_model
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the weights that shape text embeddings (the cache key)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.name.encode())
+            text = self.model.text_model
+            for tensor in (self.model.text_projection.weight, text.final_layer_norm.weight,
+                           text.embeddings.token_embedding.weight[::97]):  # fmt: skip
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(
+                texts[start : start + batch_size],
+                padding="max_length",
+                max_length=self.context_length,
+                truncation=True,
+                return_tensors="pt",
+            ).to(self.device)
+            pooled = self.model.text_model(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
+            out.append(torch.nn.functional.normalize(self.model.text_projection(pooled).float(), dim=-1))
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def dense_features(self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return dense_clip_features(
+            self.vision, self.model.visual_projection, pixels.to(self.device), variant, self.patch_size, bias=bias
+        )
+
+
+def _tiny_config():
+    from transformers import CLIPConfig
+
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  image_size=224, patch_size=16)  # fmt: skip
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+
+
+def _byte_level_tokenizer():
+    """A real ``CLIPTokenizer`` over single byte-level characters (no merges): tiny and offline."""
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    chars = [chr(c) for c in codes]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def build_tiny_clip(seed: int = 0):
+    """A small random CLIP (ViT patch 16 at 224, width 64) and its tokenizer."""
+    from transformers import CLIPModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(_tiny_config())
+    return model, _byte_level_tokenizer()
+
+
+def save_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny random CLIP as a normal ``from_pretrained`` directory (safetensors)."""
+    model, tokenizer = build_tiny_clip(seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)
+
+
+def warn_tiny_random(kind: str) -> None:
+    message = (
+        f"ovss: {kind}={TINY_RANDOM} is a small RANDOM model for tests and smoke runs; "
+        "its segmentations are meaningless. Pass a real model id or directory."
+    )
+    warnings.warn(message, stacklevel=3)
+    print(f"WARNING: {message}", file=sys.stderr)
+
+
+def load_clip(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> CLIPBackbone:
+    """Load CLIP by hub id, local directory or ``tiny-random``."""
+    if name == TINY_RANDOM:
+        warn_tiny_random("clip")
+        model, tokenizer = build_tiny_clip()
+        return CLIPBackbone(model, tokenizer, name, device)
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = _load_config(name, AutoConfig, "CLIP")
+    if config.model_type not in CLIP_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{name!r} is a {config.model_type!r} model, not CLIP; pass a CLIP checkpoint such as "
+            "openai/clip-vit-base-patch16"
+        )
+    try:
+        model = AutoModel.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load CLIP weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
+    return CLIPBackbone(model, tokenizer, name, device)
+
+
+def _load_config(name: str, auto_config, kind: str):
+    path = Path(name)
+    if path.exists() and not (path / "config.json").exists():
+        raise ModelLoadError(f"{name}: directory has no config.json; expected a {kind} model saved with save_pretrained")
+    try:
+        return auto_config.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        if path.exists():
+            raise ModelLoadError(f"{name}: unreadable {kind} config ({str(e).splitlines()[0][:120]})") from None
+        raise ModelLoadError(
+            f"cannot find {kind} model {name!r}: not a local directory, and not downloadable or in the "
+            "Hugging Face cache (offline?); pass a local directory or 'tiny-random'"
+        ) from None

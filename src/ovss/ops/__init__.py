@@ -1,0 +1,1 @@
+"""Operations shared by every method: dense CLIP, text embeddings, windows, post-processing."""

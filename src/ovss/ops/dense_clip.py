@@ -1,0 +1,171 @@
+"""Dense CLIP patch embeddings at any input size, with the field's last-block variants.
+
+METHODS.md §0.4(b) and §5.1. The trunk (patch embedding, bicubic position-embedding resize,
+``ln_pre``, blocks 1..L-1) is shared; only the last block changes per method. Every variant
+ends with ``ln_post`` and the visual projection applied to every token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class LastBlock:
+    """How the last ViT block attends, and whether its residual and FFN are kept."""
+
+    attention: str  # "qk" | "identity" | "qq+kk" | "qq" | "kk+gauss"
+    residual: bool
+    ffn: bool
+
+
+# METHODS.md §5.1: the last-block variants as data.
+LAST_BLOCKS: dict[str, LastBlock] = {
+    "vanilla": LastBlock("qk", residual=True, ffn=True),
+    "maskclip": LastBlock("identity", residual=False, ffn=False),  # ClearCLIP's re-implementation
+    "sclip": LastBlock("qq+kk", residual=True, ffn=True),
+    "clearclip": LastBlock("qq", residual=False, ffn=False),
+    "naclip": LastBlock("kk+gauss", residual=False, ffn=False),
+}
+
+NACLIP_SIGMA = 5.0
+
+
+def resize_position_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize CLIP's ``(1 + N, C)`` position table to a ``grid`` of patches.
+
+    The square patch table is resized bicubically with scale factors ``(h + 0.1) / sqrt(N)`` and
+    ``(w + 0.1) / sqrt(N)`` as the reference code does (not to an exact output size, which
+    resamples differently); at the native grid the table is used unchanged.
+    """
+    n = pos.shape[0] - 1
+    side = int(round(math.sqrt(n)))
+    h, w = grid
+    if (h, w) == (side, side):
+        return pos
+    table = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    table = F.interpolate(
+        table.float(), scale_factor=((h + 0.1) / side, (w + 0.1) / side), mode="bicubic", align_corners=False
+    )
+    if table.shape[-2:] != (h, w):  # pragma: no cover - guards the rounding trick
+        raise RuntimeError(f"position-embedding resize gave {tuple(table.shape[-2:])}, expected {(h, w)}")
+    table = table.permute(0, 2, 3, 1).reshape(h * w, -1).to(pos.dtype)
+    return torch.cat([pos[:1], table], dim=0)
+
+
+@lru_cache(maxsize=16)
+def _gaussian_prior(h: int, w: int, sigma: float, device: str) -> torch.Tensor:
+    """NACLIP's neighbourhood prior over ``1 + h*w`` tokens; the CLS row and column are 0."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()], dim=1).float()
+    d2 = torch.cdist(coords, coords).pow(2)
+    prior = torch.zeros(h * w + 1, h * w + 1)
+    prior[1:, 1:] = torch.exp(-d2 / (2 * sigma**2))
+    return prior.to(device)
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    b, t, c = x.shape
+    return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, nh, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, nh * d)
+
+
+def _block(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """A standard pre-norm CLIP block (the trunk), using fused attention."""
+    attn = layer.self_attn
+    y = layer.layer_norm1(x)
+    q, k, v = (_heads(proj(y), attn.num_heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    x = x + attn.out_proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
+def last_block(
+    x: torch.Tensor,
+    layer: nn.Module,
+    spec: LastBlock,
+    grid: tuple[int, int],
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply the last block in the form ``spec`` describes.
+
+    ``bias`` is an optional additive attention bias ``(B or 1, T, T)`` added inside each softmax
+    (used by mask-aware variants such as TUSS's DBA).
+    """
+    attn = layer.self_attn
+    y = layer.layer_norm1(x)
+    q, k, v = (_heads(proj(y), attn.num_heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    mask = None if bias is None else bias.unsqueeze(1).to(q.dtype)
+    kind = spec.attention
+    if kind == "identity":
+        out = v
+    elif kind == "qk":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif kind == "qq":
+        out = F.scaled_dot_product_attention(q, q, v, attn_mask=mask)
+    elif kind == "qq+kk":  # SCLIP: a sum (not a mean) of two softmaxes
+        out = F.scaled_dot_product_attention(q, q, v, attn_mask=mask) + F.scaled_dot_product_attention(
+            k, k, v, attn_mask=mask
+        )
+    elif kind == "kk+gauss":  # NACLIP: the prior is added unscaled to the scaled logits
+        prior = _gaussian_prior(grid[0], grid[1], NACLIP_SIGMA, str(x.device)).to(q.dtype)
+        prior = prior if mask is None else prior + mask
+        out = F.scaled_dot_product_attention(k, k, v, attn_mask=prior)
+    else:
+        raise ValueError(f"unknown last-block attention {kind!r}")
+    out = attn.out_proj(_merge(out))
+    x = x + out if spec.residual else out
+    if spec.ffn:
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return x
+
+
+def trunk_tokens(vision: nn.Module, pixels: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Tokens entering the last block: patch embed, position table, ``ln_pre``, blocks 1..L-1."""
+    emb = vision.embeddings
+    x = emb.patch_embedding(pixels.to(emb.patch_embedding.weight.dtype))
+    grid = (x.shape[-2], x.shape[-1])
+    if min(grid) < 1:
+        raise InputError(f"image window {tuple(pixels.shape[-2:])} is smaller than one {patch_size}px patch")
+    x = x.flatten(2).transpose(1, 2)
+    cls = emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + resize_position_embedding(emb.position_embedding.weight, grid).to(x.dtype)
+    x = vision.pre_layrnorm(x)
+    for layer in vision.encoder.layers[:-1]:
+        x = _block(x, layer)
+    return x, grid
+
+
+def dense_clip_features(
+    vision: nn.Module,
+    projection: nn.Module,
+    pixels: torch.Tensor,
+    variant: str | LastBlock,
+    patch_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` normalised pixels -> ``(B, D, H//P, W//P)`` L2-normalised patch embeddings."""
+    spec = LAST_BLOCKS[variant] if isinstance(variant, str) else variant
+    x, grid = trunk_tokens(vision, pixels, patch_size)
+    x = last_block(x, vision.encoder.layers[-1], spec, grid, bias=bias)
+    x = projection(vision.post_layernorm(x))[:, 1:]
+    x = F.normalize(x.float(), dim=-1)
+    return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+
+def check_variant(variant: str) -> str:
+    if variant not in LAST_BLOCKS:
+        raise InputError(f"unknown last-block variant {variant!r}; choose one of {', '.join(LAST_BLOCKS)}")
+    return variant

@@ -1,0 +1,75 @@
+"""Query text embeddings: fill templates, encode, normalise, average, normalise (METHODS.md §0.4c).
+
+Embeddings are cached per (model fingerprint, template set, query) in memory and, unless
+``OVSS_CACHE_DIR`` is set to an empty string, on disk under ``~/.cache/ovss/text``; adding a
+class to a list only encodes the new class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import atomic_path
+from ..models.base import TextEncoder
+
+_MEMORY: dict[tuple[str, str, str], torch.Tensor] = {}
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("OVSS_CACHE_DIR")
+    if value == "":
+        return None
+    root = Path(value) if value else Path.home() / ".cache" / "ovss"
+    return root / "text"
+
+
+def _templates_key(templates: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(templates).encode()).hexdigest()[:16]
+
+
+def _disk_path(fingerprint: str, tkey: str, query: str) -> Path | None:
+    root = cache_dir()
+    if root is None:
+        return None
+    qkey = hashlib.sha256(query.encode()).hexdigest()[:24]
+    return root / fingerprint / tkey / f"{qkey}.npy"
+
+
+def embed_queries(encoder: TextEncoder, queries: list[str] | tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+    """``(Q, D)`` L2-normalised embeddings of ``queries``, each averaged over ``templates``."""
+    tkey = _templates_key(templates)
+    result: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    for query in dict.fromkeys(queries):
+        key = (encoder.fingerprint, tkey, query)
+        if key in _MEMORY:
+            result[query] = _MEMORY[key]
+            continue
+        path = _disk_path(encoder.fingerprint, tkey, query)
+        if path is not None and path.exists():
+            try:
+                result[query] = _MEMORY[key] = torch.from_numpy(np.load(path))
+                continue
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is recomputed
+        missing.append(query)
+    if missing:
+        texts = [t.format(q) for q in missing for t in templates]
+        emb = encoder.encode_text(texts).float().view(len(missing), len(templates), -1)
+        emb = F.normalize(F.normalize(emb, dim=-1).mean(dim=1), dim=-1)
+        for query, vector in zip(missing, emb):
+            _MEMORY[(encoder.fingerprint, tkey, query)] = result[query] = vector
+            path = _disk_path(encoder.fingerprint, tkey, query)
+            if path is not None:
+                try:
+                    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                        np.save(fh, vector.numpy())
+                except OSError:
+                    pass  # the cache is an optimisation; a read-only home must not fail a run
+    return torch.stack([result[q] for q in queries])
