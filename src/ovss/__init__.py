@@ -2,11 +2,11 @@
 
 __version__ = "0.1.0"
 
-from .api import Segmenter  # noqa: E402
-from .errors import InputError, ModelLoadError, OvssError  # noqa: E402
-from .methods import available_methods  # noqa: E402
-from .result import SegResult  # noqa: E402
-from .vocab import Vocabulary, build_vocabulary, parse_classes  # noqa: E402
+from .api import Segmenter
+from .errors import InputError, ModelLoadError, OvssError
+from .methods import available_methods
+from .result import SegResult
+from .vocab import Vocabulary, build_vocabulary, parse_classes
 
 __all__ = [
     "InputError",

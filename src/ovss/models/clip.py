@@ -7,10 +7,13 @@ built from a config, for tests and smoke runs only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,15 +80,29 @@ class CLIPBackbone:
     @torch.no_grad()
     def dense_features(self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None) -> torch.Tensor:
         return dense_clip_features(
-            self.vision, self.model.visual_projection, pixels.to(self.device), variant, self.patch_size, bias=bias
+            self.vision,
+            self.model.visual_projection,
+            pixels.to(self.device),
+            variant,
+            self.patch_size,
+            bias=bias,
         )
 
 
 def _tiny_config():
     from transformers import CLIPConfig
 
-    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    text = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=514,
+        max_position_embeddings=77,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
     vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                   image_size=224, patch_size=16)  # fmt: skip
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
@@ -95,7 +112,11 @@ def _byte_level_tokenizer():
     """A real ``CLIPTokenizer`` over single byte-level characters (no merges): tiny and offline."""
     from transformers import CLIPTokenizer
 
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     codes = printable[:]
     extra = 0
     for b in range(256):
@@ -145,24 +166,40 @@ def load_clip(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> CL
         return CLIPBackbone(model, tokenizer, name, device)
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    config = _load_config(name, AutoConfig, "CLIP")
+    with _quiet_hub():
+        config = _load_config(name, AutoConfig, "CLIP")
     if config.model_type not in CLIP_MODEL_TYPES:
         raise ModelLoadError(
             f"{name!r} is a {config.model_type!r} model, not CLIP; pass a CLIP checkpoint such as "
             "openai/clip-vit-base-patch16"
         )
     try:
-        model = AutoModel.from_pretrained(name)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        with _quiet_hub():
+            model = AutoModel.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load CLIP weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
     return CLIPBackbone(model, tokenizer, name, device)
 
 
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence the hub client's retry warnings: a failed load is reported as one ovss error."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_config(name: str, auto_config, kind: str):
     path = Path(name)
     if path.exists() and not (path / "config.json").exists():
-        raise ModelLoadError(f"{name}: directory has no config.json; expected a {kind} model saved with save_pretrained")
+        raise ModelLoadError(
+            f"{name}: directory has no config.json; expected a {kind} model saved with save_pretrained"
+        )
     try:
         return auto_config.from_pretrained(name)
     except (OSError, ValueError) as e:

@@ -47,7 +47,7 @@ def resize_position_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch
     resamples differently); at the native grid the table is used unchanged.
     """
     n = pos.shape[0] - 1
-    side = int(round(math.sqrt(n)))
+    side = round(math.sqrt(n))
     h, w = grid
     if (h, w) == (side, side):
         return pos

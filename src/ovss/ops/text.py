@@ -41,7 +41,9 @@ def _disk_path(fingerprint: str, tkey: str, query: str) -> Path | None:
     return root / fingerprint / tkey / f"{qkey}.npy"
 
 
-def embed_queries(encoder: TextEncoder, queries: list[str] | tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+def embed_queries(
+    encoder: TextEncoder, queries: list[str] | tuple[str, ...], templates: tuple[str, ...]
+) -> torch.Tensor:
     """``(Q, D)`` L2-normalised embeddings of ``queries``, each averaged over ``templates``."""
     tkey = _templates_key(templates)
     result: dict[str, torch.Tensor] = {}

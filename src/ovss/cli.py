@@ -1,0 +1,246 @@
+"""The ``ovss`` command line. Errors in the user's input print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import InputError, OvssError
+
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+ovss labels every pixel of your images with any class names you give, using vision foundation
+models (CLIP, SAM, DINOv2) and no human annotation.
+
+quick start:
+  ovss segment photo.jpg --classes "cat; sofa, couch; potted plant" --clip openai/clip-vit-base-patch16
+  ovss segment photos/ --classes "person; car; road" --background words --out results/
+  ovss methods                      list the methods and their settings
+
+class names: ';' separates classes, ',' separates synonyms of one class ("sofa, couch").
+models: --clip takes a Hugging Face hub id, a local directory (save_pretrained, safetensors)
+or 'tiny-random' (a small random model for tests; its output is meaningless).
+"""
+
+
+def _classes_arg(value: str) -> str:
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise InputError(f"{path}: class file not found (--classes @FILE reads one class per line)")
+        return path.read_text()
+    return value
+
+
+def _window_arg(value: str) -> tuple[int, int] | None:
+    if value.lower() in ("whole", "none"):
+        return None
+    try:
+        crop, stride = (int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected CROP,STRIDE (e.g. 224,112) or 'whole'") from None
+    return crop, stride
+
+
+def _set_arg(value: str) -> tuple[str, Any]:
+    if "=" not in value:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected KEY=VALUE")
+    key, raw = value.split("=", 1)
+    return key.strip(), _parse_value(raw.strip())
+
+
+def _parse_value(raw: str) -> Any:
+    import ast
+
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ovss", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"ovss {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    seg = sub.add_parser(
+        "segment",
+        help="segment images with your class names",
+        description="Segment images or folders of images. For each input NAME it writes NAME.png (indexed "
+        "labels, VOC palette), NAME_overlay.png (colours and legend) and NAME.json (class areas, "
+        "settings, models). Finished images are skipped on a re-run.",
+    )
+    seg.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
+    seg.add_argument("--classes", "-c", required=True, type=_classes_arg,
+                     help='class names: "cat; sofa, couch; plant", or @FILE with one class per line')  # fmt: skip
+    seg.add_argument("--method", "-m", default="sclip", help="method name (see `ovss methods`; default sclip)")
+    seg.add_argument("--out", "-o", default="ovss_out", help="output folder (default ./ovss_out)")
+    seg.add_argument("--clip", default="tiny-random", help="CLIP: hub id, local directory or tiny-random")
+    seg.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    seg.add_argument(
+        "--background",
+        default="none",
+        help="none: every pixel gets one of your classes; words: add a 'background' class queried by 26 "
+        "scene words (sky, wall, road, ...); threshold: pixels whose best probability is under "
+        "--prob-thd (default 0.5 in this mode) become background; words:sky,wall,...: your own words",
+    )
+    seg.add_argument("--prob-thd", type=float, help="probability under which a pixel becomes background")
+    seg.add_argument("--logit-scale", type=float, help="softmax temperature over the text queries")
+    seg.add_argument("--short-side", type=int, help="resize the short side to this many pixels first")
+    seg.add_argument("--window", type=_window_arg, help="sliding window CROP,STRIDE, or 'whole'")
+    seg.add_argument("--pamr", type=int, metavar="N", help="PAMR refinement iterations (0 = off)")
+    seg.add_argument("--templates", help="prompt template set (openai_imagenet_80, vild_14, simple, ...)")
+    seg.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="trunk precision (default fp32)")
+    seg.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
+                     help="any other method setting, e.g. --set area_thd=0.1 (see `ovss methods -v`)")  # fmt: skip
+    seg.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
+    seg.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    seg.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (default 64e6)")
+    seg.set_defaults(func=cmd_segment)
+
+    met = sub.add_parser("methods", help="list the registered methods and their settings")
+    met.add_argument("-v", "--verbose", action="store_true", help="show every setting with its default")
+    met.set_defaults(func=cmd_methods)
+    return parser
+
+
+def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    named = {"prob_thd": args.prob_thd, "logit_scale": args.logit_scale, "short_side": args.short_side,
+             "pamr_iterations": args.pamr, "templates": args.templates, "precision": args.precision}  # fmt: skip
+    settings.update({k: v for k, v in named.items() if v is not None})
+    if args.window is not None or (args.window is None and "--window" in sys.argv):
+        settings["window"] = args.window
+    settings.update(dict(args.set))
+    return settings
+
+
+def _output_names(paths: list[Path], inputs: list[str]) -> list[Path]:
+    """Output stem per image: its path relative to the folder given, or its name."""
+    stems: list[Path] = []
+    roots = [Path(i) for i in inputs if Path(i).is_dir()]
+    for path in paths:
+        rel = next((path.relative_to(r) for r in roots if r in path.parents), Path(path.name))
+        stems.append(rel.with_suffix(""))
+    seen: dict[Path, Path] = {}
+    for stem, path in zip(stems, paths):
+        if stem in seen:
+            raise InputError(f"{seen[stem]} and {path} would write the same outputs ({stem}); rename one")
+        seen[stem] = path
+    return stems
+
+
+def _done(target: Path, job: dict[str, Any]) -> bool:
+    """True if ``target``'s outputs exist and were made by the same job; refuse to mix jobs."""
+    marker = target.with_suffix(".json")
+    if not marker.exists():
+        return False
+    try:
+        previous = json.loads(marker.read_text()).get("job")
+    except (OSError, ValueError):
+        return False  # a damaged marker: redo the image
+    if previous != json.loads(json.dumps(job)):
+        raise InputError(f"{marker} was made with other classes or settings; pass --overwrite or choose another --out")
+    return True
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import Segmenter
+    from .io import DEFAULT_MAX_PIXELS, find_images
+    from .methods import get_method_spec
+    from .vocab import build_vocabulary
+
+    # Check everything cheap before loading any model.
+    spec = get_method_spec(args.method)
+    settings = _settings_from_args(args)
+    spec.make_settings(settings)
+    vocab = build_vocabulary(args.classes, args.background)
+    paths = find_images(args.inputs)
+    stems = _output_names(paths, args.inputs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    job = {"method": spec.name, "clip": args.clip, "settings": settings, "vocabulary": vocab.to_dict()}
+    todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not _done(out / s, job)]
+    skipped = len(paths) - len(todo)
+    if not todo:
+        print(f"ovss: all {len(paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
+        return 0
+
+    segmenter = Segmenter(
+        args.method,
+        clip=args.clip,
+        device=args.device,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        **settings,
+    )
+    failures: list[str] = []
+    for path, stem in tqdm(todo, desc="segment", unit="img", disable=len(todo) < 2, file=sys.stderr):
+        try:
+            result = segmenter.segment(path, vocab)
+        except InputError as e:
+            failures.append(str(e))
+            tqdm.write(f"ovss: error: {e}", file=sys.stderr)
+            continue
+        result.info["source"] = str(path)
+        result.info["job"] = job
+        target = out / stem
+        result.save_png(target.with_suffix(".png"))
+        if not args.no_overlay:
+            result.save_overlay(target.parent / (target.name + "_overlay.png"))
+        result.save_json(target.with_suffix(".json"))  # written last: marks the image as done
+    done = len(todo) - len(failures)
+    note = f", {skipped} already done" if skipped else ""
+    print(f"ovss: segmented {done} of {len(todo)} images into {out}{note}", file=sys.stderr)
+    if failures:
+        print(f"ovss: error: {len(failures)} image(s) failed; see the messages above", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .methods import available_methods
+
+    for name, spec in available_methods().items():
+        print(f"{name:12s} {spec.description}  [{spec.reference}]; needs: {', '.join(spec.needs)}")
+        if args.verbose:
+            for field in dataclasses.fields(spec.settings):
+                print(f"    {field.name} = {getattr(spec.settings, field.name)!r}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except OvssError as e:
+        print(f"ovss: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ovss: interrupted; finished images are kept, re-run to continue", file=sys.stderr)
+        return 130
+
+
+def _entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
