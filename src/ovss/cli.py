@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--prob-thd", type=float, help="probability under which a pixel becomes background")
     seg.add_argument("--logit-scale", type=float, help="softmax temperature over the text queries")
     seg.add_argument("--short-side", type=int, help="resize the short side to this many pixels first")
-    seg.add_argument("--window", type=_window_arg, help="sliding window CROP,STRIDE, or 'whole'")
+    seg.add_argument("--window", type=_window_arg, default=argparse.SUPPRESS,
+                     help="sliding window CROP,STRIDE, or 'whole' for one pass over the whole image")  # fmt: skip
     seg.add_argument("--pamr", type=int, metavar="N", help="PAMR refinement iterations (0 = off)")
     seg.add_argument("--templates", help="prompt template set (openai_imagenet_80, vild_14, simple, ...)")
     seg.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="trunk precision (default fp32)")
@@ -118,7 +119,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     named = {"prob_thd": args.prob_thd, "logit_scale": args.logit_scale, "short_side": args.short_side,
              "pamr_iterations": args.pamr, "templates": args.templates, "precision": args.precision}  # fmt: skip
     settings.update({k: v for k, v in named.items() if v is not None})
-    if args.window is not None or (args.window is None and "--window" in sys.argv):
+    if hasattr(args, "window"):  # 'whole' gives None, which must still override the default
         settings["window"] = args.window
     settings.update(dict(args.set))
     return settings
@@ -157,7 +158,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import Segmenter
-    from .io import DEFAULT_MAX_PIXELS, find_images
+    from .io import DEFAULT_MAX_PIXELS, check_image_file, find_images
     from .methods import get_method_spec
     from .vocab import build_vocabulary
 
@@ -166,8 +167,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     spec.make_settings(settings)
     vocab = build_vocabulary(args.classes, args.background)
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     paths = find_images(args.inputs)
     stems = _output_names(paths, args.inputs)
+    failures: list[str] = []
+    for path in list(paths):
+        try:
+            check_image_file(path, max_pixels)
+        except InputError as e:
+            failures.append(str(e))
+            index = paths.index(path)
+            del paths[index], stems[index]
+    if failures and not paths:
+        raise InputError(failures[0] if len(failures) == 1 else f"no input is readable; first: {failures[0]}")
+    for message in failures:
+        print(f"ovss: error: {message} (skipped)", file=sys.stderr)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
@@ -176,20 +190,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     skipped = len(paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
-        return 0
+        return EXIT_USAGE if failures else 0
 
-    segmenter = Segmenter(
-        args.method,
-        clip=args.clip,
-        device=args.device,
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-        **settings,
-    )
-    failures: list[str] = []
+    segmenter = Segmenter(args.method, clip=args.clip, device=args.device, max_pixels=max_pixels, **settings)
+    failed = 0
     for path, stem in tqdm(todo, desc="segment", unit="img", disable=len(todo) < 2, file=sys.stderr):
         try:
             result = segmenter.segment(path, vocab)
         except InputError as e:
+            failed += 1
             failures.append(str(e))
             tqdm.write(f"ovss: error: {e}", file=sys.stderr)
             continue
@@ -200,7 +209,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if not args.no_overlay:
             result.save_overlay(target.parent / (target.name + "_overlay.png"))
         result.save_json(target.with_suffix(".json"))  # written last: marks the image as done
-    done = len(todo) - len(failures)
+    done = len(todo) - failed
     note = f", {skipped} already done" if skipped else ""
     print(f"ovss: segmented {done} of {len(todo)} images into {out}{note}", file=sys.stderr)
     if failures:
@@ -222,7 +231,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ovss: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -62,7 +62,7 @@ def _read_path(path: Path, max_pixels: int) -> np.ndarray:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
+        with _no_pil_size_limit(), Image.open(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(f"{path}: " + _too_big(w, h, max_pixels))
@@ -71,6 +71,17 @@ def _read_path(path: Path, max_pixels: int) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: not a readable image ({_short(e)}); re-save it as PNG or JPEG") from None
+
+
+@contextlib.contextmanager
+def _no_pil_size_limit() -> Iterator[None]:
+    """PIL refuses huge images at open with its own error; ovss applies its own limit with a clear one."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _short(e: Exception) -> str:
@@ -120,6 +131,23 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
 
 def _white(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else 1.0
+
+
+def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Cheap pre-flight check from the file header (no decoding): exists, non-empty, known format, size."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes)")
+    try:
+        with _no_pil_size_limit(), Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: not a readable image ({_short(e)}); re-save it as PNG or JPEG") from None
+    if min(w, h) < MIN_SIDE:
+        raise InputError(f"{path}: image is {w}x{h} pixels; ovss needs at least {MIN_SIDE}x{MIN_SIDE}")
+    if w * h > max_pixels:
+        raise InputError(f"{path}: " + _too_big(w, h, max_pixels))
 
 
 def find_images(inputs: list[str | os.PathLike]) -> list[Path]:

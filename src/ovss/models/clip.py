@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,7 +154,6 @@ def warn_tiny_random(kind: str) -> None:
         "its segmentations are meaningless. Pass a real model id or directory."
     )
     warnings.warn(message, stacklevel=3)
-    print(f"WARNING: {message}", file=sys.stderr)
 
 
 def load_clip(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> CLIPBackbone:

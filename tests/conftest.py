@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests never touch the network or the user's cache directory."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/huggingface_hub are imported
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("OVSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ovss-cache"))
+
+
+@pytest.fixture(scope="session")
+def evaldata() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"real-sample data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    import warnings
+
+    from ovss.models import load_clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_clip("tiny-random")
