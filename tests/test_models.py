@@ -23,10 +23,18 @@ def test_tiny_clip_round_trips_through_from_pretrained(tmp_path, tiny_clip):
     assert torch.allclose(loaded.encode_text(texts), tiny_clip.encode_text(texts), atol=1e-6)
 
 
-def test_tiny_random_is_announced(capsys):
+def test_tiny_random_is_announced():
     with pytest.warns(UserWarning, match="RANDOM"):
         load_clip("tiny-random")
-    assert "RANDOM" in capsys.readouterr().err
+
+
+def test_padding_to_longest_equals_full_context(tiny_clip):
+    texts = ["a photo of a cat.", "a", "There is a large potted plant in the scene."]
+    tokens = tiny_clip.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        pooled = tiny_clip.model.text_model(**tokens).pooler_output
+        full = torch.nn.functional.normalize(tiny_clip.model.text_projection(pooled), dim=-1)
+    assert torch.allclose(tiny_clip.encode_text(texts), full, atol=1e-5)
 
 
 def test_wrong_kind_of_checkpoint(tmp_path):

@@ -65,7 +65,7 @@ class CLIPBackbone:
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(
                 texts[start : start + batch_size],
-                padding="max_length",
+                padding=True,  # to the longest text: exact (causal mask, EOS pooling) and much faster
                 max_length=self.context_length,
                 truncation=True,
                 return_tensors="pt",

@@ -16,7 +16,7 @@ def keep_ratio_size(height: int, width: int, short_side: int, long_max: int = 20
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """``(H, W, 3) uint8`` -> ``(3, h, w)`` float 0-255, bilinear without antialiasing, rounded to
     uint8 levels as OpenCV's resize of a uint8 image does in mmseg's pipeline."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0)
+    x = torch.tensor(image).permute(2, 0, 1).float().unsqueeze(0)
     if tuple(size) != tuple(image.shape[:2]):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
     return x[0]
