@@ -176,15 +176,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _finite(data: Any) -> Any:
+    """NaN and infinities become null: JSON has no NaN, and strict readers refuse it."""
+    if isinstance(data, float):
+        return data if np.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    if isinstance(data, np.generic):
+        return _finite(data.item())
+    return data
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
 
 
 def save_image(path: str | os.PathLike, image: Image.Image, **kwargs: Any) -> None:
