@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .data.cli import add_data_parser
 from .errors import InputError, OvssError
 
 EXIT_USAGE = 2
@@ -107,6 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     seg.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (default 64e6)")
     seg.set_defaults(func=cmd_segment)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a method on a benchmark (mIoU) under a protocol",
+        description="Evaluate a method on one of the 8 benchmarks (or --suite all8) with the protocol's "
+        "settings as data (PROTOCOL.md). Writes results.json and results.md with every setting; resumes "
+        "after a crash; under torchrun or accelerate launch each process takes a shard of the images.",
+    )
+    ev.add_argument("--method", "-m", default="sclip", help="method name, or 'ground-truth' to self-check a dataset")
+    ev.add_argument("--dataset", "-d", help="voc21, pc60, coco_object, voc20, pc59, coco_stuff171, cityscapes, "
+                    "ade20k150, or folder")  # fmt: skip
+    ev.add_argument("--suite", choices=["all8"], help="run the eight benchmarks and print the summary table")
+    ev.add_argument("--root", required=True, help="dataset folder (standard mmseg layout; see `ovss data check`)")
+    ev.add_argument("--labels", help="label folder, for --dataset folder")
+    ev.add_argument("--protocol", "-p", help="protocol family (default: the method's own)")
+    ev.add_argument("--names", type=_classes_arg, help="class names replacing the benchmark's: 'a; b, c' or @FILE")
+    ev.add_argument("--metric", choices=["union", "present"], help="mIoU convention (default: the protocol's)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N images (a smoke test, not a result)")
+    ev.add_argument("--out", "-o", default="ovss_eval", help="output folder (default ./ovss_eval)")
+    ev.add_argument("--clip", default="tiny-random", help="CLIP: hub id, local directory or tiny-random")
+    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    ev.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
+                    help="override a protocol or method setting; recorded next to the result")  # fmt: skip
+    ev.set_defaults(func=cmd_eval)
+
+    add_data_parser(sub)
 
     met = sub.add_parser("methods", help="list the registered methods and their settings")
     met.add_argument("-v", "--verbose", action="store_true", help="show every setting with its default")
@@ -215,6 +242,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if failures:
         print(f"ovss: error: {len(failures)} image(s) failed; see the messages above", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalJob, run_eval, summary_table
+    from .protocols import BENCHMARKS
+
+    if bool(args.suite) == bool(args.dataset):
+        raise InputError("give either --dataset NAME or --suite all8")
+    benchmarks = list(BENCHMARKS) if args.suite else [args.dataset]
+    rows = {}
+    for bench in benchmarks:
+        out = Path(args.out) / bench if args.suite else Path(args.out)
+        job = EvalJob(args.method, bench, Path(args.root), args.protocol, args.clip, args.device, args.limit, out,
+                      dict(args.set), args.names, args.metric, Path(args.labels) if args.labels else None)  # fmt: skip
+        report = run_eval(job)
+        if report is None:  # not rank 0
+            continue
+        rows[bench] = report
+        print(f"{bench}: {report['method']} ({report['protocol']['family']} protocol, {report['images']} images, "
+              f"{report['metric']} convention)\n{report['table']}\nresults: {out / 'results.json'}")  # fmt: skip
+    if args.suite and rows:
+        print(summary_table(rows))
     return 0
 
 

@@ -88,12 +88,15 @@ def parse_classes(classes: str | Sequence[str]) -> list[list[str]]:
 def build_vocabulary(
     classes: str | Sequence[str] | Vocabulary,
     background: str | Sequence[str] | None = None,
+    allow_overlap: bool = False,
 ) -> Vocabulary:
     """Build a :class:`Vocabulary` from user classes and a background mode.
 
     ``background``: ``None``/``"none"`` (every pixel gets one of the classes), ``"words"`` (class 0
     queried by SCLIP's 26 background words), ``"threshold"`` (class 0 for pixels whose best class
     probability is below ``prob_thd``), or a list of custom background words.
+    ``allow_overlap`` lets a background word also be a class name, as some benchmark name files
+    do (SCLIP's COCO-Object list has "bed" in both); users are stopped by default.
     """
     if isinstance(classes, Vocabulary):
         return classes
@@ -107,7 +110,7 @@ def build_vocabulary(
             "'background' is both a class and the background mode; drop it from the classes or use --background none"
         )
     clash = sorted(lowered & {w.lower() for w in words})
-    if clash:
+    if clash and not allow_overlap:
         raise InputError(f"background word {clash[0]!r} is also a class; remove it from one of the two lists")
     names = (BACKGROUND_NAME, *(g[0] for g in groups))
     synonyms = (tuple(words), *(tuple(g) for g in groups))

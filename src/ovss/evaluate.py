@@ -1,0 +1,257 @@
+"""``ovss eval``: a method on a benchmark under a protocol, resumable and data-parallel.
+
+Each rank (``RANK``/``WORLD_SIZE`` from ``torchrun`` or ``accelerate launch``; 0/1 otherwise)
+takes every WORLD_SIZE-th image, accumulates a confusion matrix and saves it atomically with the
+names of the images it has done, so a crashed run resumes where it stopped. Rank 0 waits for all
+shards, sums the matrices and writes ``results.json`` and ``results.md`` with every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+from .io import atomic_path, load_image, write_json
+from .metrics import ConfusionMatrix, format_table, to_markdown
+from .protocols import BENCHMARKS, METRIC_CONVENTIONS, family_for, resolve
+from .vocab import Vocabulary, build_vocabulary, parse_classes
+
+GROUND_TRUTH = "ground-truth"  # evaluates the labels against themselves: a layout self-check (100 mIoU)
+FLUSH_EVERY = 20  # images between partial saves
+
+
+@dataclass
+class EvalJob:
+    method: str
+    benchmark: str
+    root: Path
+    protocol: str | None = None
+    clip: str = "tiny-random"
+    device: str | None = None
+    limit: int | None = None
+    out: Path = Path("ovss_eval")
+    overrides: dict[str, Any] = field(default_factory=dict)
+    names: str | None = None  # class names ("a; b, c") replacing the benchmark's, e.g. a protocol's name file
+    metric: str | None = None  # override of the protocol's mIoU convention
+    labels: Path | None = None  # for benchmark "folder": the label PNG folder
+
+
+def dist_info() -> tuple[int, int]:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world:
+        raise InputError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world
+
+
+def _device_for_rank(device: str | None) -> str | None:
+    import torch
+
+    if device in (None, "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return device
+
+
+def benchmark_vocabulary(job: EvalJob, background: str | list[str], num_classes: int) -> Vocabulary:
+    """The benchmark's class names (or ``job.names``) with the protocol's background handling."""
+    from .data.classes import benchmark_class_names
+
+    groups = parse_classes(job.names) if job.names else [[n] for n in benchmark_class_names(job.benchmark)]
+    has_bg = background != "none"
+    if has_bg and job.names is None:
+        groups = groups[1:]  # class 0 of the benchmark is "background": queried by the protocol's words
+    # Benchmarks keep their protocol's name lists as they are, overlaps included.
+    vocab = build_vocabulary([", ".join(g) for g in groups], background if has_bg else None, allow_overlap=True)
+    if vocab.num_classes != num_classes:
+        raise InputError(
+            f"{job.benchmark} has {num_classes} classes but the class names give {vocab.num_classes}; "
+            "check --names (one class per line, background words first where the benchmark has background)"
+        )
+    return vocab
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class _Shard:
+    """One rank's confusion matrix and finished images, saved together atomically."""
+
+    def __init__(self, path: Path, num_classes: int, ignore_index: int, key: str) -> None:
+        self.path, self.key = path, key
+        self.matrix = ConfusionMatrix(num_classes, ignore_index)
+        self.done: list[str] = []
+        self.seconds = 0.0
+        self.complete = False
+        if path.exists():
+            state = json.loads(path.read_text())
+            if state["key"] != key:
+                raise InputError(f"{path.parent.parent} holds an evaluation with other settings; use another --out")
+            self.matrix = ConfusionMatrix.from_dict(state["matrix"])
+            self.done, self.seconds, self.complete = state["done"], state["seconds"], state["complete"]
+
+    def save(self) -> None:
+        write_json(self.path, {"key": self.key, "matrix": self.matrix.to_dict(), "done": self.done,
+                               "seconds": self.seconds, "complete": self.complete})  # fmt: skip
+
+
+def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
+    """Evaluate; returns the results on rank 0 (None on other ranks)."""
+    from tqdm import tqdm
+
+    from .api import Segmenter
+    from .data import image_folder, open_dataset
+
+    rank, world = dist_info()
+    family = family_for(job.method, job.protocol) if job.method != GROUND_TRUTH else (job.protocol or "sclip")
+    proto = resolve(family, job.benchmark)
+    metric = job.metric or proto.metric
+    if metric not in METRIC_CONVENTIONS:
+        raise InputError(f"unknown metric convention {metric!r}; use one of {', '.join(METRIC_CONVENTIONS)}")
+    if job.benchmark == "folder":
+        if job.names is None:
+            raise InputError("a folder dataset needs its class names: pass --names 'a; b; c' in label-id order")
+        dataset = image_folder(Path(job.root), job.labels, len(parse_classes(job.names)))
+    else:
+        dataset = open_dataset(job.benchmark, job.root)
+    vocab = benchmark_vocabulary(job, proto.background, dataset.num_classes)
+    settings = {**proto.settings, **job.overrides}
+
+    count = len(dataset) if job.limit is None else min(job.limit, len(dataset))
+    samples = [dataset[i] for i in range(count)]
+    mine = samples[rank::world]
+    signature = json.dumps({"method": job.method, "benchmark": job.benchmark, "settings": settings, "clip": job.clip,
+                            "vocab": vocab.to_dict(), "n": len(samples)}, sort_keys=True, default=str)  # fmt: skip
+    out = Path(job.out)
+    shard = _Shard(
+        out / "partial" / f"rank{rank}-of-{world}.json", dataset.num_classes, dataset.ignore_index, signature
+    )
+
+    segmenter = None
+    if job.method != GROUND_TRUTH:
+        segmenter = Segmenter(job.method, clip=job.clip, device=_device_for_rank(job.device), **settings)
+    done = set(shard.done)
+    todo = [s for s in mine if s.name not in done]
+    bar = tqdm(todo, desc=f"{job.benchmark} [{rank}/{world}]", unit="img", disable=not progress or not todo,
+               position=rank, file=sys.stderr)  # fmt: skip
+    for count, sample in enumerate(bar, 1):
+        gt = dataset.load_label(sample)
+        start = time.perf_counter()
+        if segmenter is None:
+            pred = gt.copy()
+        else:
+            pred = segmenter.method.segment(load_image(sample.image, segmenter.max_pixels), vocab).labels
+        shard.seconds += time.perf_counter() - start
+        if pred.shape != gt.shape:
+            raise InputError(f"{sample.label}: label is {gt.shape[::-1]} but its image is {pred.shape[::-1]}")
+        shard.matrix.update(pred, gt)
+        shard.done.append(sample.name)
+        if count % FLUSH_EVERY == 0:
+            shard.save()
+    shard.complete = True
+    shard.save()
+    if rank != 0:
+        return None
+
+    total = _gather(out, world, ConfusionMatrix(dataset.num_classes, dataset.ignore_index), signature)
+    results = total["matrix"].results(metric)
+    other = next(c for c in METRIC_CONVENTIONS if c != metric)
+    report = {
+        "benchmark": job.benchmark,
+        "root": str(job.root),
+        "images": len(samples),
+        "method": job.method,
+        "metric": metric,
+        "mIoU": results["mIoU"],
+        "aAcc": results["aAcc"],
+        "mAcc": results["mAcc"],
+        f"mIoU_{other}": total["matrix"].results(other)["mIoU"],
+        "per_class": {
+            n: {"IoU": iou, "Acc": acc}
+            for n, iou, acc in zip(vocab.names, results["per_class_iou"], results["per_class_acc"])
+        },
+        "images_per_second": round(len(samples) / total["seconds"], 4) if total["seconds"] else None,
+        "protocol": proto.to_dict(),
+        "settings": dataclasses.asdict(segmenter.settings) if segmenter else settings,
+        "overrides": job.overrides,
+        "vocabulary": vocab.to_dict(),
+        "models": segmenter.backbone_names if segmenter else {},
+        "device": str(segmenter.device) if segmenter else None,
+        "world_size": world,
+        "ovss_version": __version__,
+        "ovss_commit": _git_commit(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_json(out / "results.json", report)
+    table = format_table(results, list(vocab.names))
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(_markdown(report, results, list(vocab.names)))
+    report["table"] = table
+    return report
+
+
+def _gather(out: Path, world: int, total: ConfusionMatrix, signature: str) -> dict[str, Any]:
+    """Wait for every rank's finished shard and sum them into ``total``."""
+    seconds, waited = 0.0, 0.0
+    timeout = float(os.environ.get("OVSS_GATHER_TIMEOUT", 24 * 3600))
+    for r in range(world):
+        path = out / "partial" / f"rank{r}-of-{world}.json"
+        while True:
+            state = json.loads(path.read_text()) if path.exists() else None
+            if state and state["complete"] and state["key"] == signature:
+                break
+            time.sleep(1.0)
+            waited += 1.0
+            if waited > timeout:
+                raise InputError(f"rank {r} did not finish within {timeout:.0f} s ({path}); re-run to resume")
+            if waited % 60 == 0:
+                print(f"ovss: waiting for rank {r} to finish ({path})", file=sys.stderr)
+        total += ConfusionMatrix.from_dict(state["matrix"])
+        seconds = max(seconds, state["seconds"])
+    return {"matrix": total, "seconds": seconds}
+
+
+def _markdown(report: dict[str, Any], results: dict[str, Any], names: list[str]) -> str:
+    p = report["protocol"]
+    lines = [
+        f"# {report['method']} on {report['benchmark']} ({report['images']} images)",
+        "",
+        f"mIoU **{report['mIoU']:.2f}** ({report['metric']} convention), aAcc {report['aAcc']:.2f}, "
+        f"mAcc {report['mAcc']:.2f}; images/s {report['images_per_second']}",
+        "",
+        f"protocol `{p['family']}` ({p['source']}); models {report['models']}; device {report['device']}; "
+        f"ovss {report['ovss_version']} ({report['ovss_commit'] or 'no git commit'})",
+        "",
+        "settings: `" + json.dumps(report["settings"], default=str) + "`",
+        "",
+        "overrides of the protocol: `" + json.dumps(report["overrides"], default=str) + "`",
+        "",
+        to_markdown(results, names),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The field's 8-column table: one mIoU per benchmark and their average."""
+    cols = [b for b in BENCHMARKS if b in rows]
+    values = [rows[b]["mIoU"] for b in cols]
+    head = " | ".join(f"{c:>13s}" for c in [*cols, "avg"])
+    body = " | ".join(f"{v:13.2f}" for v in [*values, float(np.mean(values)) if values else float("nan")])
+    return f"{head}\n{body}"
