@@ -7,20 +7,16 @@ built from a config, for tests and smoke runs only.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
 import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelLoadError
 from ..ops.dense_clip import dense_clip_features
+from .loading import TINY_RANDOM, load_config, quiet_hub, warn_tiny_random
 
-TINY_RANDOM = "tiny-random"
 CLIP_MODEL_TYPES = ("clip", "metaclip_2")
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -148,14 +144,6 @@ def save_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> Path:
     return Path(directory)
 
 
-def warn_tiny_random(kind: str) -> None:
-    message = (
-        f"ovss: {kind}={TINY_RANDOM} is a small RANDOM model for tests and smoke runs; "
-        "its segmentations are meaningless. Pass a real model id or directory."
-    )
-    warnings.warn(message, stacklevel=3)
-
-
 def load_clip(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> CLIPBackbone:
     """Load CLIP by hub id, local directory or ``tiny-random``."""
     if name == TINY_RANDOM:
@@ -164,46 +152,17 @@ def load_clip(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> CL
         return CLIPBackbone(model, tokenizer, name, device)
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    with _quiet_hub():
-        config = _load_config(name, AutoConfig, "CLIP")
+    with quiet_hub():
+        config = load_config(name, AutoConfig, "CLIP")
     if config.model_type not in CLIP_MODEL_TYPES:
         raise ModelLoadError(
             f"{name!r} is a {config.model_type!r} model, not CLIP; pass a CLIP checkpoint such as "
             "openai/clip-vit-base-patch16"
         )
     try:
-        with _quiet_hub():
+        with quiet_hub():
             model = AutoModel.from_pretrained(name)
             tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load CLIP weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
     return CLIPBackbone(model, tokenizer, name, device)
-
-
-@contextlib.contextmanager
-def _quiet_hub() -> Iterator[None]:
-    """Silence the hub client's retry warnings: a failed load is reported as one ovss error."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _load_config(name: str, auto_config, kind: str):
-    path = Path(name)
-    if path.exists() and not (path / "config.json").exists():
-        raise ModelLoadError(
-            f"{name}: directory has no config.json; expected a {kind} model saved with save_pretrained"
-        )
-    try:
-        return auto_config.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        if path.exists():
-            raise ModelLoadError(f"{name}: unreadable {kind} config ({str(e).splitlines()[0][:120]})") from None
-        raise ModelLoadError(
-            f"cannot find {kind} model {name!r}: not a local directory, and not downloadable or in the "
-            "Hugging Face cache (offline?); pass a local directory or 'tiny-random'"
-        ) from None

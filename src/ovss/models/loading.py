@@ -1,0 +1,50 @@
+"""What every backbone loader shares: hub-or-directory config reading, quiet hub, tiny-random notices."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+TINY_RANDOM = "tiny-random"
+
+
+def warn_tiny_random(kind: str) -> None:
+    message = (
+        f"ovss: {kind}={TINY_RANDOM} is a small RANDOM model for tests and smoke runs; "
+        "its segmentations are meaningless. Pass a real model id or directory."
+    )
+    warnings.warn(message, stacklevel=3)
+
+
+@contextlib.contextmanager
+def quiet_hub() -> Iterator[None]:
+    """Silence the hub client's retry warnings: a failed load is reported as one ovss error."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_config(name: str, auto_config, kind: str):
+    path = Path(name)
+    if path.exists() and not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"{name}: directory has no config.json; expected a {kind} model saved with save_pretrained"
+        )
+    try:
+        return auto_config.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        if path.exists():
+            raise ModelLoadError(f"{name}: unreadable {kind} config ({str(e).splitlines()[0][:120]})") from None
+        raise ModelLoadError(
+            f"cannot find {kind} model {name!r}: not a local directory, and not downloadable or in the "
+            "Hugging Face cache (offline?); pass a local directory or 'tiny-random'"
+        ) from None
