@@ -13,10 +13,11 @@ from .device import resolve_device
 from .io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .methods import get_method_spec
 from .models.clip import TINY_RANDOM, load_clip
+from .models.dino import load_dino
 from .result import SegResult
 from .vocab import Vocabulary, build_vocabulary
 
-_BACKBONE_LOADERS = {"clip": load_clip}
+_BACKBONE_LOADERS = {"clip": load_clip, "dino": load_dino}
 _LOADED: dict[tuple[str, str, str], Any] = {}
 
 
@@ -37,7 +38,8 @@ class Segmenter:
     >>> result = seg.segment("photo.jpg", "cat; sofa, couch; potted plant", background="words")
     >>> result.save_png("photo_labels.png")
 
-    ``clip`` takes a Hugging Face hub id, a local directory or ``"tiny-random"``; ``device``
+    ``clip`` and ``dino`` take a Hugging Face hub id, a local directory or ``"tiny-random"``
+    (methods with a trained ``checkpoint`` default to the backbones it records); ``device``
     defaults to CUDA when present. Any method setting can be overridden by keyword
     (``Segmenter("sclip", logit_scale=50, window=(448, 224))``); see ``ovss methods``.
     """
@@ -45,18 +47,26 @@ class Segmenter:
     def __init__(
         self,
         method: str = "sclip",
-        clip: Any = TINY_RANDOM,
+        clip: Any = None,
         device: str | torch.device | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        dino: Any = None,
+        checkpoint: str | None = None,
         **settings: Any,
     ) -> None:
         self.spec = get_method_spec(method)
         self.settings = self.spec.make_settings(settings)
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
-        self.backbone_names = {"clip": clip if isinstance(clip, str) else getattr(clip, "name", type(clip).__name__)}
-        backbones = {kind: load_backbone(kind, {"clip": clip}[kind], self.device) for kind in self.spec.needs}
-        self.method = self.spec.factory(backbones, self.settings, self.device)
+        given = {"clip": clip, "dino": dino}
+        recorded = self.spec.checkpoint_backbones(checkpoint) if checkpoint and self.spec.checkpoint_backbones else {}
+        chosen = {k: given[k] if given[k] is not None else recorded.get(k, TINY_RANDOM) for k in self.spec.needs}
+        self.backbone_names = {k: v if isinstance(v, str) else getattr(v, "name", type(v).__name__)
+                               for k, v in chosen.items()}  # fmt: skip
+        self.checkpoint = checkpoint
+        backbones = {kind: load_backbone(kind, spec, self.device) for kind, spec in chosen.items()}
+        extra = {"checkpoint": checkpoint} if checkpoint is not None else {}
+        self.method = self.spec.factory(backbones, self.settings, self.device, **extra)
 
     def segment(
         self,
@@ -89,6 +99,8 @@ class Segmenter:
         if hasattr(self.method, "effective_prob_thd"):
             settings["prob_thd"] = self.method.effective_prob_thd(vocab)
         models = dict(self.backbone_names)
+        if self.checkpoint:
+            models["checkpoint"] = str(self.checkpoint)
         return {
             "method": self.spec.name,
             "settings": settings,

@@ -1,6 +1,7 @@
 """Methods, registered by name. ``available_methods()`` lists them; ``get_method(name)`` builds one."""
 
 from . import dense_clip as _dense_clip  # noqa: F401  (registers the training-free dense-CLIP methods)
+from . import fmbseg as _fmbseg  # noqa: F401
 from .base import Method, MethodOutput, MethodSpec, available_methods, get_method_spec, register_method
 
 __all__ = ["Method", "MethodOutput", "MethodSpec", "available_methods", "get_method_spec", "register_method"]

@@ -46,6 +46,8 @@ class MethodSpec:
     settings: Any  # a dataclass instance holding this method's defaults
     needs: tuple[str, ...]
     reference: str = ""
+    # For methods with a trained checkpoint: the backbone names it records (used when not given).
+    checkpoint_backbones: Callable[[str], dict[str, str]] | None = None
 
     def make_settings(self, overrides: dict[str, Any]) -> Any:
         known = {f.name: f for f in dataclasses.fields(self.settings)}

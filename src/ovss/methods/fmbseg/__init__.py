@@ -1,0 +1,69 @@
+"""FMbSeg (Seifi et al., arXiv 2403.09307): annotation-free segmentation with CLIP, SAM and DINOv2.
+
+A reconstruction: no official code exists, every unknown is a setting (METHODS.md §3.9, listed
+with its setting in docs/fmbseg.md). Stage 1 (pseudo-labels) is in ``pseudo``, stage 2 (the
+alignment module and TSupCon) in ``train``; this module is test-time inference:
+DINOv2 -> module -> cosine with CLIP text embeddings of any vocabulary -> upsample -> argmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import InputError
+from ..base import MethodSpec, register_method
+from ..dense import DenseMatchingMethod, DenseSettings
+from .module import load_checkpoint
+
+
+@dataclass(frozen=True)
+class FMbSegSettings(DenseSettings):
+    # U32: short side 448, sides rounded up to the DINOv2 patch, windows 448 / 224
+    short_side: int = 448
+    size_multiple: int | None = 14
+    window: tuple[int, int] | None = (448, 224)
+    # softmax over cos / tau with tau = 0.07 (§3.8, option (c)); synonyms: max after softmax (U35)
+    logit_scale: float = 1 / 0.07
+    templates: str = "openai_imagenet_80"  # U30
+
+
+class FMbSegMethod(DenseMatchingMethod):
+    needs = ("clip", "dino")
+
+    def __init__(self, backbones, settings: FMbSegSettings, device: torch.device, checkpoint: str | None = None):
+        if checkpoint is None:
+            raise InputError("fmbseg needs a trained module: pass checkpoint=... (--checkpoint CKPT)")
+        super().__init__(backbones, settings, device)
+        self.module, self.info = load_checkpoint(checkpoint)
+        self.module.to(device)
+        self.dino, self.text_encoder = backbones["dino"], backbones["clip"]
+        self.mean, self.std, self.patch_size = self.dino.mean, self.dino.std, self.dino.patch_size
+        if self.module.config.in_dim != self.dino.dim:
+            raise InputError(
+                f"the checkpoint expects {self.module.config.in_dim}-d DINO features but {self.dino.name} gives "
+                f"{self.dino.dim}; use the DINO model it was trained with ({self.info.get('dino')})"
+            )
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.module.forward_grid(self.dino.patch_features(pixels).to(self.device))
+
+
+def checkpoint_backbones(checkpoint: str) -> dict[str, str]:
+    """The backbones a checkpoint was trained with, used unless the caller names others."""
+    _, info = load_checkpoint(checkpoint)
+    return {"dino": info.get("dino", "tiny-random"), "clip": info.get("clip", "tiny-random")}
+
+
+register_method(
+    MethodSpec(
+        "fmbseg",
+        "FMbSeg: DINOv2 + alignment module trained with TSupCon on CLIP/SAM pseudo-labels (reconstruction)",
+        FMbSegMethod,
+        FMbSegSettings(),
+        ("clip", "dino"),
+        "Seifi et al., arXiv 2403.09307",
+        checkpoint_backbones=checkpoint_backbones,
+    )
+)
