@@ -66,6 +66,15 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+def _model_args(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """The backbone and device options every command shares."""
+    parser.add_argument("--clip", default=None, help="CLIP: hub id, local directory or tiny-random")
+    parser.add_argument("--dino", default=None, help="DINOv2/DINO: hub id, local directory or tiny-random")
+    if checkpoint:
+        parser.add_argument("--checkpoint", default=None, help="trained weights for methods that need them (fmbseg)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovss", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help='class names: "cat; sofa, couch; plant", or @FILE with one class per line')  # fmt: skip
     seg.add_argument("--method", "-m", default="sclip", help="method name (see `ovss methods`; default sclip)")
     seg.add_argument("--out", "-o", default="ovss_out", help="output folder (default ./ovss_out)")
-    seg.add_argument("--clip", default="tiny-random", help="CLIP: hub id, local directory or tiny-random")
-    seg.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    _model_args(seg)
     seg.add_argument(
         "--background",
         default="none",
@@ -127,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metric", choices=["union", "present"], help="mIoU convention (default: the protocol's)")
     ev.add_argument("--limit", type=int, help="evaluate only the first N images (a smoke test, not a result)")
     ev.add_argument("--out", "-o", default="ovss_eval", help="output folder (default ./ovss_eval)")
-    ev.add_argument("--clip", default="tiny-random", help="CLIP: hub id, local directory or tiny-random")
-    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    _model_args(ev)
     ev.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
                     help="override a protocol or method setting; recorded next to the result")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
@@ -212,14 +219,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
-    job = {"method": spec.name, "clip": args.clip, "settings": settings, "vocabulary": vocab.to_dict()}
+    job = {"method": spec.name, "clip": args.clip, "dino": args.dino, "checkpoint": args.checkpoint,
+           "settings": settings, "vocabulary": vocab.to_dict()}  # fmt: skip
     todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not _done(out / s, job)]
     skipped = len(paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
         return EXIT_USAGE if failures else 0
 
-    segmenter = Segmenter(args.method, clip=args.clip, device=args.device, max_pixels=max_pixels, **settings)
+    segmenter = Segmenter(args.method, clip=args.clip, dino=args.dino, checkpoint=args.checkpoint, device=args.device,
+                          max_pixels=max_pixels, **settings)  # fmt: skip
     failed = 0
     for path, stem in tqdm(todo, desc="segment", unit="img", disable=len(todo) < 2, file=sys.stderr):
         try:
@@ -255,8 +264,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = {}
     for bench in benchmarks:
         out = Path(args.out) / bench if args.suite else Path(args.out)
-        job = EvalJob(args.method, bench, Path(args.root), args.protocol, args.clip, args.device, args.limit, out,
-                      dict(args.set), args.names, args.metric, Path(args.labels) if args.labels else None)  # fmt: skip
+        job = EvalJob(
+            args.method,
+            bench,
+            Path(args.root),
+            protocol=args.protocol,
+            clip=args.clip,
+            device=args.device,
+            limit=args.limit,
+            out=out,
+            overrides=dict(args.set),
+            names=args.names,
+            metric=args.metric,
+            labels=Path(args.labels) if args.labels else None,
+            dino=args.dino,
+            checkpoint=args.checkpoint,
+        )
         report = run_eval(job)
         if report is None:  # not rank 0
             continue

@@ -38,7 +38,7 @@ class EvalJob:
     benchmark: str
     root: Path
     protocol: str | None = None
-    clip: str = "tiny-random"
+    clip: str | None = None
     device: str | None = None
     limit: int | None = None
     out: Path = Path("ovss_eval")
@@ -46,6 +46,8 @@ class EvalJob:
     names: str | None = None  # class names ("a; b, c") replacing the benchmark's, e.g. a protocol's name file
     metric: str | None = None  # override of the protocol's mIoU convention
     labels: Path | None = None  # for benchmark "folder": the label PNG folder
+    dino: str | None = None
+    checkpoint: str | None = None
 
 
 def dist_info() -> tuple[int, int]:
@@ -136,8 +138,9 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     count = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     samples = [dataset[i] for i in range(count)]
     mine = samples[rank::world]
-    signature = json.dumps({"method": job.method, "benchmark": job.benchmark, "settings": settings, "clip": job.clip,
-                            "vocab": vocab.to_dict(), "n": len(samples)}, sort_keys=True, default=str)  # fmt: skip
+    identity = {"method": job.method, "benchmark": job.benchmark, "settings": settings, "n": len(samples)}
+    identity.update(clip=job.clip, dino=job.dino, checkpoint=job.checkpoint, vocab=vocab.to_dict())
+    signature = json.dumps(identity, sort_keys=True, default=str)
     out = Path(job.out)
     shard = _Shard(
         out / "partial" / f"rank{rank}-of-{world}.json", dataset.num_classes, dataset.ignore_index, signature
@@ -145,7 +148,8 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
 
     segmenter = None
     if job.method != GROUND_TRUTH:
-        segmenter = Segmenter(job.method, clip=job.clip, device=_device_for_rank(job.device), **settings)
+        segmenter = Segmenter(job.method, clip=job.clip, dino=job.dino, checkpoint=job.checkpoint,
+                              device=_device_for_rank(job.device), **settings)  # fmt: skip
     done = set(shard.done)
     todo = [s for s in mine if s.name not in done]
     bar = tqdm(todo, desc=f"{job.benchmark} [{rank}/{world}]", unit="img", disable=not progress or not todo,

@@ -110,6 +110,18 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "templates": {"default": "openai_imagenet_80"},
         "metric": "union",
     },
+    "fmbseg": {  # our reconstruction's test-time defaults; FMbSeg has no public protocol
+        "source": "METHODS.md §3.8 and §3.9 (U32-U35, our choice); background words as PROTOCOL.md §5.4",
+        "short_side": {"default": 448},
+        "window": {"default": (448, 224)},
+        "logit_scale": {"default": 1 / 0.07},
+        "prob_thd": {"default": 0.0},
+        "area_thd": {"default": None},
+        "pamr_iterations": {"default": 0},
+        "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
+        "templates": {"default": "openai_imagenet_80"},
+        "metric": "union",
+    },
 }
 
 # The family each registered method is evaluated under unless --protocol says otherwise.
@@ -119,6 +131,7 @@ METHOD_FAMILY = {
     "clearclip": "clearclip",
     "maskclip": "sclip",
     "vanilla": "sclip",
+    "fmbseg": "fmbseg",
 }
 
 METRIC_CONVENTIONS = ("union", "present")

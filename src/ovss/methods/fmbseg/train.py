@@ -183,6 +183,7 @@ def train_fmbseg(
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     info = {"dino": getattr(dino, "name", "custom"), "clip": getattr(clip, "name", "custom"),
             "templates": settings.templates, "vocabulary": vocab.to_dict(), "train": asdict(settings),
             "images": len(pairs), "ovss_version": __version__}  # fmt: skip
