@@ -140,6 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a protocol or method setting; recorded next to the result")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
+    tr = sub.add_parser(
+        "train",
+        help="train a method's module on pseudo-labels (fmbseg)",
+        description="Train FMbSeg's alignment module on frozen DINOv2 features with TSupCon, from the pseudo-labels "
+        "of `ovss pseudo-label`. Writes OUT/checkpoint.safetensors (with its full config) after every epoch, "
+        "OUT/loss_log.jsonl, and a resumable state: re-run the same command to continue after a crash. Runs under "
+        "`accelerate launch` on several GPUs or nodes unchanged.",
+    )
+    tr.add_argument("--method", "-m", default="fmbseg", choices=["fmbseg"], help="the method to train")
+    tr.add_argument("--images", required=True, help="folder of training images")
+    tr.add_argument("--labels", required=True, help="folder of label PNGs (same names) with vocabulary.json")
+    tr.add_argument("--out", "-o", required=True, help="output folder")
+    _model_args(tr, checkpoint=False)
+    tr.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    tr.add_argument("--loss", choices=["tsupcon", "supcon", "text", "ce"], help="loss (default tsupcon)")
+    tr.add_argument("--module", choices=["block", "mlp", "linear"], help="alignment module (default block)")
+    tr.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
+                    help="any training setting (docs/fmbseg.md), e.g. --set tau=0.1")  # fmt: skip
+    tr.set_defaults(func=cmd_train)
+
     add_data_parser(sub)
 
     met = sub.add_parser("methods", help="list the registered methods and their settings")
@@ -288,6 +308,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"{report['metric']} convention)\n{report['table']}\nresults: {out / 'results.json'}")  # fmt: skip
     if args.suite and rows:
         print(summary_table(rows))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .methods.fmbseg.train import settings_from_overrides, train_fmbseg
+
+    overrides = dict(args.set)
+    overrides.update({k: v for k, v in {"epochs": args.epochs, "loss": args.loss, "module": args.module}.items()
+                      if v is not None})  # fmt: skip
+    settings = settings_from_overrides(overrides)
+    result = train_fmbseg(Path(args.images), Path(args.labels), Path(args.out), settings,
+                          dino_name=args.dino or "tiny-random", clip_name=args.clip or "tiny-random",
+                          device=args.device)  # fmt: skip
+    print(f"ovss: trained {result['epochs']} epochs ({result['steps']} steps); checkpoint {result['checkpoint']}",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
