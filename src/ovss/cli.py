@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -194,25 +193,12 @@ def _output_names(paths: list[Path], inputs: list[str]) -> list[Path]:
     return stems
 
 
-def _done(target: Path, job: dict[str, Any]) -> bool:
-    """True if ``target``'s outputs exist and were made by the same job; refuse to mix jobs."""
-    marker = target.with_suffix(".json")
-    if not marker.exists():
-        return False
-    try:
-        previous = json.loads(marker.read_text()).get("job")
-    except (OSError, ValueError):
-        return False  # a damaged marker: redo the image
-    if previous != json.loads(json.dumps(job)):
-        raise InputError(f"{marker} was made with other classes or settings; pass --overwrite or choose another --out")
-    return True
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import Segmenter
     from .io import DEFAULT_MAX_PIXELS, check_image_file, find_images
+    from .jobs import finished
     from .methods import get_method_spec
     from .vocab import build_vocabulary
 
@@ -241,7 +227,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
     job = {"method": spec.name, "clip": args.clip, "dino": args.dino, "checkpoint": args.checkpoint,
            "settings": settings, "vocabulary": vocab.to_dict()}  # fmt: skip
-    todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not _done(out / s, job)]
+    todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not finished((out / s).with_suffix(".json"), job)]
     skipped = len(paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)

@@ -24,6 +24,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .io import atomic_path, load_image, write_json
+from .jobs import dist_info
 from .metrics import ConfusionMatrix, format_table, to_markdown
 from .protocols import BENCHMARKS, METRIC_CONVENTIONS, family_for, resolve
 from .vocab import Vocabulary, build_vocabulary, parse_classes
@@ -48,13 +49,6 @@ class EvalJob:
     labels: Path | None = None  # for benchmark "folder": the label PNG folder
     dino: str | None = None
     checkpoint: str | None = None
-
-
-def dist_info() -> tuple[int, int]:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= rank < world:
-        raise InputError(f"RANK={rank} is outside WORLD_SIZE={world}")
-    return rank, world
 
 
 def _device_for_rank(device: str | None) -> str | None:
