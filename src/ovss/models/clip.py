@@ -73,6 +73,12 @@ class CLIPBackbone:
         return torch.cat(out).cpu()
 
     @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Global image embeddings ``(B, D)`` (CLS token, post-LN, projection), L2-normalised."""
+        pooled = self.vision(pixel_values=pixels.to(self.device)).pooler_output
+        return torch.nn.functional.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+
+    @torch.no_grad()
     def dense_features(self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None) -> torch.Tensor:
         return dense_clip_features(
             self.vision,
