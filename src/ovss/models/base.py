@@ -28,6 +28,8 @@ class DenseImageEncoder(Protocol):
     mean: tuple[float, float, float]  # on the 0-1 scale
     std: tuple[float, float, float]
 
-    def dense_features(self, pixels: torch.Tensor, variant: str) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised pixels -> ``(B, D, H // P, W // P)`` L2-normalised features."""
+    def dense_features(self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised pixels -> ``(B, D, H // P, W // P)`` L2-normalised features.
+
+        ``bias``: an optional additive attention bias for the last block (mask-aware variants)."""
         ...

@@ -2,7 +2,7 @@
 
 Raw cosine scores per query -> logit scale -> softmax over all queries -> a class's probability
 is the max over its synonyms -> optional ``area_thd`` -> argmax -> pixels under ``prob_thd``
-become class 0 (background). Runs in bands of rows so huge images stay within memory.
+become class 0 (background, when there is one). Runs in bands of rows so huge images stay within memory.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def postprocess(
         probs = class_probabilities(band_scores(rows), qc, num_classes, logit_scale)
         probs[~keep] = 0
         best, lab = probs.max(dim=0)
-        lab[best < prob_thd] = 0
+        if has_background:  # without a background class there is nothing to fall back to
+            lab[best < prob_thd] = 0
         labels[rows] = lab
         if full is not None:
             full[:, rows] = probs

@@ -63,7 +63,7 @@ def embed_queries(
         missing.append(query)
     if missing:
         texts = [t.format(q) for q in missing for t in templates]
-        emb = encoder.encode_text(texts).float().view(len(missing), len(templates), -1)
+        emb = encoder.encode_text(texts).float().cpu().view(len(missing), len(templates), -1)
         emb = F.normalize(F.normalize(emb, dim=-1).mean(dim=1), dim=-1)
         for query, vector in zip(missing, emb):
             _MEMORY[(encoder.fingerprint, tkey, query)] = result[query] = vector
