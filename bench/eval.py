@@ -45,7 +45,10 @@ def main() -> None:
         settings = {"precision": args.precision}
 
         seg = Segmenter("sclip", clip=str(work / "clip"), device="cpu", **settings)
-        images = sorted((work / "data/VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))[: args.images]
+        from ovss.data import open_dataset
+
+        dataset = open_dataset("voc21", work / "data")
+        images = [dataset[i].image for i in range(min(args.images, len(dataset)))]  # the harness's order
         seg.segment(images[0], "cat", background="words")  # warm-up; builds nothing cached for voc21
         job = EvalJob("sclip", "voc21", work / "data", clip=str(work / "clip"), device="cpu", limit=args.images,
                       out=work / "out", overrides=settings)  # fmt: skip

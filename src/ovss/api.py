@@ -52,6 +52,7 @@ class Segmenter:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         dino: Any = None,
         checkpoint: str | None = None,
+        refine: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         self.spec = get_method_spec(method)
@@ -67,6 +68,23 @@ class Segmenter:
         backbones = {kind: load_backbone(kind, spec, self.device) for kind, spec in chosen.items()}
         extra = {"checkpoint": checkpoint} if checkpoint is not None else {}
         self.method = self.spec.factory(backbones, self.settings, self.device, **extra)
+        self.refine = self._refiner(refine)
+
+    def _refiner(self, refine: dict[str, Any] | None):
+        """SAM mask refinement (METHODS.md §5.8): ``{"sam": name, "preset": ..., "vote": "labels"|"logits"}``."""
+        if not refine:
+            return None
+        from .errors import InputError
+        from .masks.sam import SamMaskGenerator
+
+        unknown = set(refine) - {"sam", "preset", "vote", "min_area"}
+        if unknown or refine.get("vote", "labels") not in ("labels", "logits"):
+            raise InputError("refine takes sam=, preset=, vote='labels'|'logits' and min_area=")
+        sam = refine.get("sam", TINY_RANDOM)
+        self.backbone_names["sam"] = sam if isinstance(sam, str) else getattr(sam, "name", "custom")
+        generator = SamMaskGenerator(sam, preset=refine.get("preset", "corrclip"), device=self.device)
+        return {"generator": generator, "vote": refine.get("vote", "labels"), "min_area": refine.get("min_area", 0),
+                "preset": refine.get("preset", "corrclip")}  # fmt: skip
 
     def segment(
         self,
@@ -84,7 +102,16 @@ class Segmenter:
         vocab = build_vocabulary(classes, background)
         rgb = load_image(image, self.max_pixels)
         start = time.perf_counter()
-        out = self.method.segment(rgb, vocab, return_probs=return_probs)
+        vote_logits = bool(self.refine) and self.refine["vote"] == "logits"
+        out = self.method.segment(rgb, vocab, return_probs=return_probs or vote_logits)
+        if self.refine:
+            from .masks.pooling import refine_labels
+
+            masks = self.refine["generator"].generate(rgb)
+            out.labels = refine_labels(out.labels, masks, out.probs if vote_logits else None, self.refine["vote"],
+                                       self.refine["min_area"]).astype(np.int32)  # fmt: skip
+            if not return_probs:
+                out.probs = None
         seconds = time.perf_counter() - start
         return SegResult(out.labels, list(vocab.names), out.probs, rgb, self._info(vocab, seconds))
 
@@ -99,6 +126,9 @@ class Segmenter:
         if hasattr(self.method, "effective_prob_thd"):
             settings["prob_thd"] = self.method.effective_prob_thd(vocab)
         models = dict(self.backbone_names)
+        if self.refine:
+            settings["refine"] = {"method": "sam", "preset": self.refine["preset"], "vote": self.refine["vote"],
+                                  "min_area": self.refine["min_area"]}  # fmt: skip
         if self.checkpoint:
             models["checkpoint"] = str(self.checkpoint)
         return {

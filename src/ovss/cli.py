@@ -10,6 +10,7 @@ from typing import Any
 from . import __version__
 from .data.cli import add_data_parser
 from .errors import InputError, OvssError
+from .masks.cli import add_masks_parser
 
 EXIT_USAGE = 2
 
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="trunk precision (default fp32)")
     seg.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
                      help="any other method setting, e.g. --set area_thd=0.1 (see `ovss methods -v`)")  # fmt: skip
+    seg.add_argument("--refine", choices=["none", "sam"], default="none",
+                     help="sam: every SAM mask takes the majority label inside it (OV-Stitcher, CorrCLIP)")  # fmt: skip
+    seg.add_argument("--sam", default=None, help="SAM/SAM2 for --refine sam: hub id, local directory or tiny-random")
+    seg.add_argument("--refine-preset", default="corrclip", help="SAM mask preset for --refine (default corrclip)")
+    seg.add_argument("--refine-vote", choices=["labels", "logits"], default="labels",
+                     help="labels: majority label per mask; logits: argmax of the mean probabilities")  # fmt: skip
     seg.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     seg.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     seg.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (default 64e6)")
@@ -139,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a protocol or method setting; recorded next to the result")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
 
+    pl = sub.add_parser(
+        "pseudo-label",
+        help="make training labels without annotation (fmbseg stage 1)",
+        description="FMbSeg stage 1: CLIP tags each image, CLIP-guided SAM point prompts and SAM automatic masks "
+        "labelled by CLIP give a label map per image (OUT/NAME.png, 255 = unlabelled) and OUT/NAME.json (tags, "
+        "points, per-mask scores), plus OUT/vocabulary.json. Streams any number of images, resumes after a crash, "
+        "and shards across processes under torchrun or accelerate launch.",
+    )
+    pl.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    pl.add_argument("--method", "-m", default="fmbseg", choices=["fmbseg"], help="the method (fmbseg)")
+    pl.add_argument("--vocab", required=True, type=_classes_arg,
+                    help="a benchmark (voc21, coco_stuff171, ...), classes 'a; b, c', or @FILE")  # fmt: skip
+    pl.add_argument("--background", default=None, help="for your own classes: none, words, words:a,b")
+    pl.add_argument("--out", "-o", required=True, help="output folder")
+    _model_args(pl, checkpoint=False)
+    pl.add_argument("--sam", default=None, help="SAM/SAM2: hub id, local directory or tiny-random")
+    pl.add_argument("--preset", default=None, help="SAM mask preset (see `ovss masks --help`; default exact)")
+    pl.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
+                    help="any stage-1 setting (docs/fmbseg.md), e.g. --set tag_tau=0.3")  # fmt: skip
+    pl.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    pl.set_defaults(func=cmd_pseudo_label)
+
     tr = sub.add_parser(
         "train",
         help="train a method's module on pseudo-labels (fmbseg)",
@@ -159,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="any training setting (docs/fmbseg.md), e.g. --set tau=0.1")  # fmt: skip
     tr.set_defaults(func=cmd_train)
 
+    add_masks_parser(sub)
     add_data_parser(sub)
 
     met = sub.add_parser("methods", help="list the registered methods and their settings")
@@ -226,15 +256,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
     job = {"method": spec.name, "clip": args.clip, "dino": args.dino, "checkpoint": args.checkpoint,
-           "settings": settings, "vocabulary": vocab.to_dict()}  # fmt: skip
+           "settings": settings, "vocabulary": vocab.to_dict(), "refine": args.refine}  # fmt: skip
+    if args.refine != "none":
+        job["refine"] = {"sam": args.sam, "preset": args.refine_preset, "vote": args.refine_vote}
     todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not finished((out / s).with_suffix(".json"), job)]
     skipped = len(paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
         return EXIT_USAGE if failures else 0
 
+    refine = None
+    if args.refine == "sam":
+        refine = {"sam": args.sam or "tiny-random", "preset": args.refine_preset, "vote": args.refine_vote}
     segmenter = Segmenter(args.method, clip=args.clip, dino=args.dino, checkpoint=args.checkpoint, device=args.device,
-                          max_pixels=max_pixels, **settings)  # fmt: skip
+                          max_pixels=max_pixels, refine=refine, **settings)  # fmt: skip
     failed = 0
     for path, stem in tqdm(todo, desc="segment", unit="img", disable=len(todo) < 2, file=sys.stderr):
         try:
@@ -297,6 +332,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vocabulary_arg(value: str, background: str | None):
+    """A benchmark key gives its class names and protocol background; anything else is a class list."""
+    from .protocols import BENCHMARKS
+    from .vocab import build_vocabulary
+
+    if value.strip() in BENCHMARKS:
+        from .data.classes import benchmark_class_names
+        from .protocols import resolve
+
+        names = benchmark_class_names(value.strip())
+        bg = resolve("sclip", value.strip()).background
+        if bg != "none":
+            names = names[1:]
+        return build_vocabulary(list(names), bg if bg != "none" else None, allow_overlap=True)
+    return build_vocabulary(value, background)
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .api import load_backbone
+    from .device import resolve_device
+    from .io import check_image_file, find_images
+    from .masks.sam import SamMaskGenerator
+    from .methods.fmbseg.pseudo import FMbSegPseudoLabeler, PseudoLabelSettings, run_pseudo_labels
+
+    known = {f.name for f in dataclasses.fields(PseudoLabelSettings)}
+    unknown = sorted(set(dict(args.set)) - known)
+    if unknown:
+        raise InputError(f"pseudo-labelling has no setting {unknown[0]!r}; settings: {', '.join(sorted(known))}")
+    settings = PseudoLabelSettings(**dict(args.set))
+    if args.preset:
+        settings = dataclasses.replace(settings, amg_preset=args.preset)
+    settings.validate()
+    vocab = _vocabulary_arg(args.vocab, args.background)
+    paths = find_images(args.inputs)
+    for path in paths:
+        check_image_file(path)
+    stems = _output_names(paths, args.inputs)
+    device = resolve_device(args.device)
+    clip = load_backbone("clip", args.clip or "tiny-random", device)
+    generator = SamMaskGenerator(args.sam or "tiny-random", preset=settings.amg_preset, device=device)
+    labeler = FMbSegPseudoLabeler(clip, generator, generator, settings, device)
+    job = {"method": "fmbseg", "clip": args.clip, "sam": args.sam, "settings": dataclasses.asdict(settings),
+           "vocabulary": vocab.to_dict()}  # fmt: skip
+    stats = run_pseudo_labels(paths, stems, vocab, Path(args.out), labeler, job, overwrite=args.overwrite)
+    print(f"ovss: pseudo-labelled {stats['done']} images into {args.out} ({stats['skipped']} already done, "
+          f"{stats['failed']} failed)", file=sys.stderr)  # fmt: skip
+    return EXIT_USAGE if stats["failed"] else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .methods.fmbseg.train import settings_from_overrides, train_fmbseg
 
@@ -326,7 +412,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"ovss: warning: {message}", file=sys.stderr)
+    text = str(message)
+    print(f"ovss: warning: {text.removeprefix('ovss: ')}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,10 @@ from ..errors import ModelLoadError
 TINY_RANDOM = "tiny-random"
 
 
-def warn_tiny_random(kind: str) -> None:
+def warn_tiny_random(kind: str, name: str = TINY_RANDOM) -> None:
     message = (
-        f"ovss: {kind}={TINY_RANDOM} is a small RANDOM model for tests and smoke runs; "
-        "its segmentations are meaningless. Pass a real model id or directory."
+        f"ovss: {kind}={name} is a small RANDOM model for tests and smoke runs; "
+        "its outputs are meaningless. Pass a real model id or directory."
     )
     warnings.warn(message, stacklevel=3)
 
@@ -35,6 +35,8 @@ def quiet_hub() -> Iterator[None]:
 
 def load_config(name: str, auto_config, kind: str):
     path = Path(name)
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{name}: is a file; expected a {kind} model directory, a hub id or 'tiny-random'")
     if path.exists() and not (path / "config.json").exists():
         raise ModelLoadError(
             f"{name}: directory has no config.json; expected a {kind} model saved with save_pretrained"

@@ -6,7 +6,9 @@
     (SCLIP head on the protocol windows) prompt SAM one point at a time, multimask; the most
     confident mask of each prompt is kept and the class's masks are merged by union.
 1.2 automatic masks: SAM AMG masks, filtered by predicted IoU and area, each labelled by its
-    mask-pooled dense CLIP features against the detected classes only.
+    mask-pooled dense CLIP features against the detected classes only. The cosine maps are
+    linear in the features, so the argmax of their mask means equals the argmax of the cosine
+    between the mask-pooled feature and each text.
 Assembly: all pixels ignore (255); 1.2 masks painted largest first, then 1.1 masks on top.
 
 Every unknown of the paper is a field of :class:`PseudoLabelSettings` (the U-ids of §3.9).
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
+from ...masks.pooling import mask_pool
 from ...ops.resize import normalize, resize_image
 from ...ops.text import embed_queries
 from ...templates import get_templates
@@ -158,8 +161,9 @@ class FMbSegPseudoLabeler:
             top = grid[c].flatten().topk(k).indices
             ys, xs = (top // gw).float(), (top % gw).float()
             # patch centres, from resized to original pixel coordinates
-            pts = np.stack([((xs + 0.5) * p).clamp(max=rw - 1) * w / rw, ((ys + 0.5) * p).clamp(max=rh - 1) * h / rh],
-                           1).numpy()  # fmt: skip
+            px = ((xs + 0.5) * p).clamp(max=rw - 1) * w / rw
+            py = ((ys + 0.5) * p).clamp(max=rh - 1) * h / rh
+            pts = torch.stack([px, py], 1).numpy()
             masks, ious = self.prompter.predict_points(image, pts)
             best = ious.argmax(1)
             chosen = [masks[i, best[i]] for i in range(len(pts))]
@@ -192,7 +196,7 @@ class FMbSegPseudoLabeler:
         if not kept:
             return []
         masks = np.stack([maskset.mask(i) for i in kept])
-        pooled = pool_scores(class_maps, torch.from_numpy(masks))  # (M, C) mean cosine inside each mask
+        pooled, _ = mask_pool(class_maps, torch.from_numpy(masks), mode="area")  # (M, C) mean cosine per mask
         cand = torch.tensor(candidates)
         score, which = pooled[:, cand].max(1)
         layers = []
@@ -209,18 +213,6 @@ class FMbSegPseudoLabeler:
 
     def info(self) -> dict[str, Any]:
         return {"settings": asdict(self.settings), "clip": getattr(self.clip, "name", None)}
-
-
-def pool_scores(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Mean of ``(C, h, w)`` score maps inside each of ``(M, H, W)`` masks -> ``(M, C)``.
-
-    Masks are area-resampled to the map's size, so a mask's weight per cell is the share of the
-    cell it covers. Because cosine scores are linear in the features, the argmax of the pooled
-    scores equals the argmax of the cosine between the mask-pooled feature and each text.
-    """
-    weights = F.interpolate(masks[:, None].float(), size=maps.shape[-2:], mode="area")[:, 0].flatten(1)
-    total = weights.sum(1, keepdim=True).clamp(min=1e-8)
-    return (weights @ maps.flatten(1).T.float()) / total
 
 
 def run_pseudo_labels(

@@ -1,0 +1,208 @@
+"""``ovss masks``: class-agnostic masks for images or folders, one COCO-RLE JSON and one PNG
+preview per image, resumable. Wired into ``ovss.cli`` with :func:`add_masks_parser`.
+
+User errors raise :class:`ovss.errors.InputError` (one line, exit code 2 in ``ovss.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+DESCRIPTION = """\
+Class-agnostic masks for images or folders. For each input NAME it writes NAME.json (the masks
+as COCO RLE, with area, bbox XYWH, predicted_iou, stability_score, point_coords, crop_box and
+the multimask level, plus every setting) and NAME.png (a colour preview over the photo).
+Finished images are skipped on a re-run; outputs are written atomically, the JSON last.
+
+examples:
+  ovss masks photo.jpg --sam facebook/sam-vit-base --out masks/
+  ovss masks photos/ --preset sparse --sam facebook/sam2.1-hiera-tiny --out masks/
+  ovss masks photos/ --preset tuss --out masks_tuss/
+  ovss masks photos/ --generator kmeans --dino facebook/dinov2-small --set k=16 --out kmeans/
+"""
+
+
+def _set_arg(value: str) -> tuple[str, Any]:
+    import ast
+
+    if "=" not in value:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected KEY=VALUE")
+    key, raw = value.split("=", 1)
+    raw = raw.strip()
+    if raw.lower() in ("none", "null"):
+        return key.strip(), None
+    try:
+        return key.strip(), ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key.strip(), raw
+
+
+def add_masks_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``masks`` on an ``argparse`` sub-parser collection; returns the new parser."""
+    from .presets import PRESETS
+
+    p = subparsers.add_parser(
+        "masks",
+        help="class-agnostic masks (SAM/SAM2 automatic masks, DINO k-means) as COCO-RLE JSON",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--generator", "-g", default="sam", help="sam (default) or kmeans")
+    p.add_argument("--preset", default="exact", help=f"SAM generator preset: {', '.join(PRESETS)} (default exact)")
+    p.add_argument("--sam", default="tiny-random",
+                   help="SAM/SAM2: hub id, local directory, Meta .pth checkpoint, or tiny-random")  # fmt: skip
+    p.add_argument("--dino", default="tiny-random", help="DINO/DINOv2 for --generator kmeans")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    p.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="any generator setting, e.g. --set points_per_side=16 or --set k=16")  # fmt: skip
+    p.add_argument("--no-preview", action="store_true", help="do not write NAME.png")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (default 64e6)")
+    p.set_defaults(func=cmd_masks)
+    return p
+
+
+def _build_generator(args: argparse.Namespace):
+    from ..device import resolve_device
+    from .registry import get_mask_generator
+
+    device = resolve_device(args.device)
+    settings = dict(args.set)
+    if args.generator == "sam":
+        from .presets import make_settings
+
+        make_settings(args.preset, **settings)  # validate before loading any model
+        return get_mask_generator("sam", sam=args.sam, preset=args.preset, device=device, **settings)
+    if args.generator == "kmeans":
+        return get_mask_generator("kmeans", dino=args.dino, device=device, **settings)
+    return get_mask_generator(args.generator, device=device, **settings)
+
+
+def _job(args: argparse.Namespace) -> dict[str, Any]:
+    job: dict[str, Any] = {"generator": args.generator, "settings": dict(args.set)}
+    if args.generator == "sam":
+        job.update(preset=args.preset, model=args.sam)
+    elif args.generator == "kmeans":
+        job.update(model=args.dino)
+    return json.loads(json.dumps(job))
+
+
+def _done(target: Path, job: dict[str, Any]) -> bool:
+    if not target.exists():
+        return False
+    try:
+        previous = json.loads(target.read_text()).get("info", {}).get("job")
+    except (OSError, ValueError, AttributeError):
+        return False  # a damaged file: redo the image
+    if previous != job:
+        raise InputError(f"{target} was made with other settings; pass --overwrite or choose another --out")
+    return True
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..io import DEFAULT_MAX_PIXELS, check_image_file, find_images, load_image, save_image
+
+    if args.generator not in ("sam", "kmeans"):
+        from .registry import available_mask_generators
+
+        if args.generator not in available_mask_generators():
+            raise InputError(f"unknown mask generator {args.generator!r}; use sam or kmeans")
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    paths = find_images(args.inputs)
+    stems = _stems(paths, args.inputs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    failures: list[str] = []
+    ok_paths, ok_stems = [], []
+    for path, stem in zip(paths, stems):
+        try:
+            check_image_file(path, max_pixels)
+        except InputError as e:
+            failures.append(str(e))
+            continue
+        ok_paths.append(path)
+        ok_stems.append(stem)
+    if failures and not ok_paths:
+        raise InputError(failures[0] if len(failures) == 1 else f"no input is readable; first: {failures[0]}")
+    for message in failures:
+        print(f"ovss: error: {message} (skipped)", file=sys.stderr)
+    job = _job(args)
+    todo = [(p, s) for p, s in zip(ok_paths, ok_stems) if args.overwrite or not _done(out / (str(s) + ".json"), job)]
+    skipped = len(ok_paths) - len(todo)
+    if not todo:
+        print(f"ovss: all {len(ok_paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
+        return 2 if failures else 0
+    generator = _build_generator(args)
+    failed = 0
+    total = 0
+    for path, stem in tqdm(todo, desc="masks", unit="img", disable=len(todo) < 2, file=sys.stderr):
+        try:
+            image = load_image(path, max_pixels)
+            masks = generator.generate(image)
+        except InputError as e:
+            failed += 1
+            failures.append(str(e))
+            tqdm.write(f"ovss: error: {e}", file=sys.stderr)
+            continue
+        masks.info["source"] = str(path)
+        masks.info["job"] = job
+        target = out / stem
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not args.no_preview:
+            save_image(target.parent / (target.name + ".png"), masks.preview(image))
+        masks.save_json(target.parent / (target.name + ".json"))  # written last: marks the image done
+        total += len(masks)
+    done = len(todo) - failed
+    note = f", {skipped} already done" if skipped else ""
+    print(f"ovss: {total} masks for {done} of {len(todo)} images in {out}{note}", file=sys.stderr)
+    if failures:
+        print(f"ovss: error: {len(failures)} image(s) failed; see the messages above", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _stems(paths: list[Path], inputs: list[str]) -> list[Path]:
+    """Output stem per image: its path relative to the folder given, or its name."""
+    roots = [Path(i) for i in inputs if Path(i).is_dir()]
+    stems = []
+    for path in paths:
+        rel = next((path.relative_to(r) for r in roots if r in path.parents), Path(path.name))
+        stems.append(rel.with_suffix(""))
+    seen: dict[Path, Path] = {}
+    for stem, path in zip(stems, paths):
+        if stem in seen:
+            raise InputError(f"{seen[stem]} and {path} would write the same outputs ({stem}); rename one")
+        seen[stem] = path
+    return stems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m ovss.masks.cli``) until ``ovss masks`` is wired in."""
+    from ..errors import OvssError
+
+    parser = argparse.ArgumentParser(prog="ovss")
+    add_masks_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except OvssError as e:
+        print(f"ovss: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Mask generators by name: ``get_mask_generator("sam", sam="facebook/sam-vit-base", preset="fast")``.
+
+Every generator has ``generate(image) -> MaskSet`` and ``info() -> dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    name: str
+    description: str
+    factory: Callable[..., Any]
+
+
+_REGISTRY: dict[str, GeneratorSpec] = {}
+
+
+def register_mask_generator(name: str, factory: Callable[..., Any], description: str) -> None:
+    _REGISTRY[name] = GeneratorSpec(name, description, factory)
+
+
+def available_mask_generators() -> dict[str, GeneratorSpec]:
+    return dict(_REGISTRY)
+
+
+def get_mask_generator(name: str, **kwargs: Any):
+    if name not in _REGISTRY:
+        raise InputError(f"unknown mask generator {name!r}; use one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name].factory(**kwargs)
+
+
+def _sam(**kwargs: Any):
+    from .sam import SamMaskGenerator
+
+    return SamMaskGenerator(**kwargs)
+
+
+def _kmeans(**kwargs: Any):
+    from .kmeans import KMeansMaskGenerator
+
+    return KMeansMaskGenerator(**kwargs)
+
+
+register_mask_generator("sam", _sam, "SAM or SAM2 automatic masks: point grid, crops, IoU/stability filters, NMS")
+register_mask_generator("kmeans", _kmeans, "k-means on DINO/DINOv2 patch features, one mask per cluster")

@@ -1,0 +1,575 @@
+"""SAM and SAM2 from transformers, and an automatic mask generator with Meta's semantics.
+
+``load_sam(name)`` accepts a hub id (``facebook/sam-vit-base``, ``facebook/sam2.1-hiera-tiny``),
+a local ``save_pretrained`` directory, an original Meta SAM checkpoint (``sam_vit_b_01ec64.pth``),
+or ``tiny-random`` / ``tiny-random-sam2``: small random models for tests and smoke runs.
+
+:class:`SamMaskGenerator` is our own loop over the model (not transformers' mask-generation
+pipeline, which needs torchvision). For SAM it reproduces Meta's ``SamAutomaticMaskGenerator``
+mask for mask (tests/parity) and is several times faster on CPUs: the image encoder runs once
+per image and crop, the decoder's prompt-independent work once per crop, the IoU filter runs
+before any mask is upscaled, and full-size logits come from two small matrix products
+(``decoder.py`` explains each step). Prompts run in batches, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import InputError, ModelLoadError
+from ..io import ImageInput, load_image
+from ..models.loading import TINY_RANDOM, load_config, quiet_hub, warn_tiny_random
+from . import amg
+from .decoder import Sam2CropState, SamCropState
+from .maskset import MaskSet
+from .presets import AMGSettings, make_settings
+
+TINY_RANDOM_SAM2 = "tiny-random-sam2"
+SAM_MEAN = (123.675, 116.28, 103.53)  # 0-255 scale, Meta's SAM
+SAM_STD = (58.395, 57.12, 57.375)
+SAM2_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale, Meta's SAM2
+SAM2_STD = (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+class SamBackbone:
+    """A transformers ``SamModel`` or ``Sam2Model`` with the preprocessing its family expects."""
+
+    def __init__(self, model, name: str, device: torch.device | str = "cpu") -> None:
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.name = name
+        self.device = torch.device(device)
+        self.kind = "sam2" if model.config.model_type == "sam2" else "sam"
+        prompt = model.config.prompt_encoder_config
+        self.input_size: int = int(prompt.image_size)
+        self.patch_size: int = int(prompt.patch_size)
+        self.mask_threshold = 0.0
+        self.is_tiny_random = name in (TINY_RANDOM, TINY_RANDOM_SAM2)
+
+    def __repr__(self) -> str:
+        return f"SamBackbone({self.name!r}, kind={self.kind}, input_size={self.input_size})"
+
+
+def _tiny_sam_config():
+    from transformers import SamConfig
+
+    vision = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_dim=64,
+        image_size=256,
+        patch_size=16,
+        window_size=4,
+        global_attn_indexes=[1],
+        output_channels=32,
+        num_pos_feats=16,
+    )
+    prompt = dict(hidden_size=32, image_size=256, patch_size=16)
+    decoder = dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, layer_norm_eps=1e-5)
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)  # fmt: skip
+
+
+def _tiny_sam2_config():
+    from transformers import Sam2Config
+
+    backbone = dict(
+        model_type="sam2_hiera_det_model",
+        hidden_size=16,
+        blocks_per_stage=[1, 2, 2, 1],
+        embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 2, 2],
+        window_size_per_stage=[8, 4, 4, 4],
+        global_attention_blocks=[4],
+        image_size=[256, 256],
+        window_positional_embedding_background_size=[4, 4],
+    )
+    vision = dict(
+        backbone_config=backbone,
+        backbone_channel_list=[128, 64, 32, 16],
+        fpn_hidden_size=32,
+        backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]],
+    )
+    prompt = dict(hidden_size=32, image_size=256, patch_size=16)
+    decoder = dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    return Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)  # fmt: skip
+
+
+def randomize_sam(model, seed: int = 0):
+    """Give a freshly built SAM/SAM2 usable random weights, deterministically.
+
+    transformers initialises SAM's vision tower with std 1e-10 (its weights are meant to be
+    loaded), which gives denormal activations that make CPU arithmetic hundreds of times slower,
+    tiny mask logits and IoU scores near 0. Here every weight comes from one seeded generator:
+    linear and convolution weights N(0, 1/fan_in) (activations stay of order one, so logits
+    and IoU predictions have realistic ranges), biases N(0, 0.1^2), embeddings and the Fourier
+    matrix N(0, 1) (Meta's choice), position tables N(0, 0.02^2), norms at identity.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            owner, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+            module = model.get_submodule(owner) if owner else model
+            if isinstance(module, torch.nn.LayerNorm) or "norm" in type(module).__name__.lower():
+                p.fill_(1.0 if leaf == "weight" else 0.0)
+            elif isinstance(module, torch.nn.Embedding) or leaf == "positional_embedding":
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif leaf == "bias":
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif leaf == "weight" and p.dim() >= 2:
+                fan_in = p.shape[0] if isinstance(module, torch.nn.ConvTranspose2d) else p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        shared = getattr(model, "shared_image_embedding", None)
+        prompt = getattr(getattr(model, "prompt_encoder", None), "shared_embedding", None)
+        if shared is not None and prompt is not None and prompt is not shared:
+            prompt.positional_embedding.copy_(shared.positional_embedding)  # tied in SAM
+    return model
+
+
+def build_tiny_sam(seed: int = 0, kind: str = "sam"):
+    """A small random SAM (ViT width 32 at 256 pixels) or SAM2 (Hiera width 16), for tests."""
+    from transformers import Sam2Model, SamModel
+
+    config = _tiny_sam_config() if kind == "sam" else _tiny_sam2_config()
+    cls = SamModel if kind == "sam" else Sam2Model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    return randomize_sam(model, seed)
+
+
+def save_tiny_sam(directory: str | Path, seed: int = 0, kind: str = "sam") -> Path:
+    build_tiny_sam(seed, kind).save_pretrained(directory, safe_serialization=True)
+    return Path(directory)
+
+
+def load_sam(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> SamBackbone:
+    """Load SAM/SAM2 by hub id, local directory, Meta ``.pth`` checkpoint or ``tiny-random[-sam2]``."""
+    if name in (TINY_RANDOM, TINY_RANDOM_SAM2):
+        warn_tiny_random("sam", name)
+        return SamBackbone(build_tiny_sam(kind="sam" if name == TINY_RANDOM else "sam2"), name, device)
+    path = Path(name)
+    if path.suffix in (".pth", ".pt") and path.is_file():
+        return SamBackbone(_load_meta_checkpoint(path), name, device)
+    from transformers import AutoConfig, Sam2Model, SamModel
+
+    with quiet_hub():
+        config = load_config(name, AutoConfig, "SAM")
+    if config.model_type not in ("sam", "sam2"):
+        raise ModelLoadError(
+            f"{name!r} is a {config.model_type!r} model, not SAM; pass a SAM or SAM2 checkpoint such as "
+            "facebook/sam-vit-base"
+        )
+    cls = SamModel if config.model_type == "sam" else Sam2Model
+    try:
+        with quiet_hub():
+            model = cls.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load SAM weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
+    return SamBackbone(model, name, device)
+
+
+_META_SIZES = {768: (12, 12, [2, 5, 8, 11]), 1024: (24, 16, [5, 11, 17, 23]), 1280: (32, 16, [7, 15, 23, 31])}
+
+
+def _load_meta_checkpoint(path: Path):
+    from transformers import SamConfig, SamModel
+
+    from .convert import meta_to_hf_state_dict
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]})") from None
+    key = "image_encoder.patch_embed.proj.weight"
+    if not isinstance(state, dict) or key not in state:
+        raise ModelLoadError(f"{path}: not a Meta SAM checkpoint (no {key})")
+    width = int(state[key].shape[0])
+    if width not in _META_SIZES:
+        raise ModelLoadError(f"{path}: unknown SAM image-encoder width {width}")
+    depth, heads, global_idx = _META_SIZES[width]
+    config = SamConfig(
+        vision_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                           global_attn_indexes=global_idx),
+        mask_decoder_config=dict(layer_norm_eps=1e-5),  # Meta's decoder uses nn.LayerNorm's default
+    )  # fmt: skip
+    model = SamModel(config)
+    try:
+        model.load_state_dict(meta_to_hf_state_dict(state), strict=True)
+    except (KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"{path}: weights do not fit SAM ViT ({str(e).splitlines()[0][:160]})") from None
+    return model
+
+
+# -------------------------------------------------------------------------- preprocessing
+
+
+def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """Meta's ``ResizeLongestSide.get_preprocess_shape``."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def sam_pixels(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """SAM input: long side resized to ``size`` (PIL bilinear, as Meta's predictor), normalised
+    with Meta's mean/std, zero-padded to ``size x size``. Returns pixels and the resized (h, w)."""
+    h, w = resized_shape(image.shape[0], image.shape[1], size)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
+    x = (x - torch.tensor(SAM_MEAN).view(3, 1, 1)) / torch.tensor(SAM_STD).view(3, 1, 1)
+    x = F.pad(x, (0, size - w, 0, size - h))
+    return x[None], (h, w)
+
+
+def sam2_pixels(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """SAM2 input: squashed to ``size x size`` (bilinear with antialiasing on 0-1 floats), normalised
+    with the ImageNet mean/std (Meta's ``SAM2Transforms``)."""
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1).float()[None] / 255.0
+    x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
+    x = (x - torch.tensor(SAM2_MEAN).view(1, 3, 1, 1)) / torch.tensor(SAM2_STD).view(1, 3, 1, 1)
+    return x, (size, size)
+
+
+# ------------------------------------------------------------------------------ generator
+
+
+@dataclass
+class _Batch:
+    rles: list[dict[str, Any]]
+    boxes: torch.Tensor  # (M, 4) crop frame, inclusive XYXY
+    iou: torch.Tensor
+    stability: torch.Tensor
+    points: np.ndarray  # (M, 2) crop frame
+    levels: list[int | None]
+
+
+class SamMaskGenerator:
+    """Automatic masks from a point grid over the image and its crops (Meta's AMG semantics).
+
+    ``SamMaskGenerator(sam, preset="exact", **overrides).generate(image) -> MaskSet``; ``sam`` is
+    a :class:`SamBackbone` or a name for :func:`load_sam`. Settings: :class:`AMGSettings`.
+    """
+
+    name = "sam"
+
+    def __init__(
+        self,
+        sam: SamBackbone | str = TINY_RANDOM,
+        preset: str | None = "exact",
+        device: torch.device | str | None = None,
+        settings: AMGSettings | None = None,
+        **overrides: Any,
+    ) -> None:
+        if isinstance(sam, str):
+            from ..device import resolve_device
+
+            sam = load_sam(sam, resolve_device(device))
+        self.sam = sam
+        base = settings if settings is not None else make_settings(preset)
+        if overrides:
+            base = base.replace(**overrides)
+        if base.pred_iou_thresh is None:
+            base = base.replace(pred_iou_thresh=0.8 if sam.kind == "sam2" else 0.88)
+        if sam.kind == "sam2" and base.input_size not in (None, sam.input_size):
+            raise InputError("input_size can only be changed for SAM (ViT) models, not SAM2")
+        self.settings = base
+        self.preset = preset
+        self._cached: tuple[Any, Any] | None = None  # (image key, encoded state) for predict_points
+        s = base
+        if s.point_grids is not None:
+            self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in s.point_grids]
+        else:
+            self.point_grids = amg.layer_point_grids(
+                s.points_per_side, s.crop_n_layers, s.crop_n_points_downscale_factor
+            )
+
+    @property
+    def input_size(self) -> int:
+        return self.settings.input_size or self.sam.input_size
+
+    def info(self) -> dict[str, Any]:
+        return {"generator": self.name, "model": self.sam.name, "preset": self.preset,
+                "settings": self.settings.to_dict()}  # fmt: skip
+
+    # -- public
+    @torch.no_grad()
+    def generate(self, image: ImageInput) -> MaskSet:
+        """Masks of one image (path, PIL image or array), as a :class:`MaskSet`."""
+        img = load_image(image)
+        s = self.settings
+        h, w = img.shape[:2]
+        boxes, layers = amg.crop_boxes((h, w), s.crop_n_layers, s.crop_overlap_ratio)
+        parts: list[dict[str, Any]] = []
+        for crop, layer in zip(boxes, layers):
+            if crop[2] <= crop[0] or crop[3] <= crop[1]:
+                continue  # an image smaller than the crop grid gives empty crops
+            parts.append(self._process_crop(img, crop, layer))
+        data = _concat(parts)
+        if len(parts) > 1 and len(data["rles"]):
+            crop_t = torch.tensor(data["crop_boxes"], dtype=torch.float)
+            keep = amg.nms(data["boxes"].float(), 1 / amg.box_area(crop_t), s.crop_nms_thresh)
+            data = _select(data, keep)
+        if s.min_mask_region_area > 0 and len(data["rles"]):
+            data = self._clean_small_regions(data, max(s.box_nms_thresh, s.crop_nms_thresh))
+        if s.containment_thresh is not None and len(data["rles"]):
+            stacked = torch.from_numpy(np.stack([amg.rle_decode(r) for r in data["rles"]]))
+            keep = amg.containment_filter(stacked, data["levels"], s.containment_thresh)
+            data = _select(data, torch.tensor(keep, dtype=torch.long))
+        return self._to_maskset(data, (h, w))
+
+    @torch.no_grad()
+    def predict_points(
+        self, image: ImageInput, points: np.ndarray, multimask: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One prompt per point, as Meta's ``SamPredictor.predict`` with a single foreground point:
+        ``(N, 2)`` xy pixel points -> masks ``(N, L, H, W)`` bool at the image size and predicted
+        IoUs ``(N, L)`` (L = 3 with multimask output, else 1). The image embedding is cached, so
+        several calls on one image encode it once."""
+        img = load_image(image)
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        multimask = self.settings.multimask_output if multimask is None else multimask
+        n_levels = 3 if multimask else 1
+        h, w = img.shape[:2]
+        if len(pts) == 0:
+            return np.zeros((0, n_levels, h, w), dtype=bool), np.zeros((0, n_levels), dtype=np.float32)
+        key = (img.shape, hashlib.sha1(img.tobytes()).hexdigest())
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._encode(img))
+        state = self._cached[1]
+        if isinstance(state, SamCropState):
+            ih, iw = state.input_hw
+            in_points = pts * np.array([[iw / w, ih / h]])
+        else:
+            in_points = state.to_input_frame(pts)
+        with self._autocast():
+            iou, _, logits = state.predict(in_points, multimask, lambda i: torch.ones_like(i, dtype=torch.bool))
+        masks, _ = state.full_size(logits, self.sam.mask_threshold, self.settings.stability_score_offset)
+        return masks.reshape(len(pts), n_levels, h, w).numpy(), iou.numpy()
+
+    # -- one crop
+    def _process_crop(self, image: np.ndarray, crop: list[int], layer: int) -> dict[str, Any]:
+        s = self.settings
+        x0, y0, x1, y1 = crop
+        cropped = image[y0:y1, x0:x1]
+        ch, cw = cropped.shape[:2]
+        grid = self.point_grids[layer]
+        points = grid * np.array([[cw, ch]], dtype=np.float64)
+        if len(points) == 0:
+            return _empty()
+        state = self._encode(cropped)
+        batches = []
+        for start in range(0, len(points), s.points_per_batch):
+            batch = self._process_batch(state, points[start : start + s.points_per_batch], crop, image.shape[:2])
+            if batch is not None:
+                batches.append(batch)
+        if not batches:
+            return _empty()
+        rles = [r for b in batches for r in b.rles]
+        boxes = torch.cat([b.boxes for b in batches])
+        iou = torch.cat([b.iou for b in batches])
+        stab = torch.cat([b.stability for b in batches])
+        pts = np.concatenate([b.points for b in batches])
+        levels = [lv for b in batches for lv in b.levels]
+        nms_offset = torch.tensor([0.0 if lv is None else s.level_nms_offsets[lv] for lv in levels])
+        keep = amg.nms(boxes.float(), iou + nms_offset, s.box_nms_thresh)
+        k = keep.tolist()
+        offset = torch.tensor([x0, y0, x0, y0])
+        return {
+            "rles": [rles[i] for i in k],
+            "boxes": boxes[keep] + offset,
+            "iou": iou[keep],
+            "stability": stab[keep],
+            "points": pts[k] + np.array([[x0, y0]]),
+            "levels": [levels[i] for i in k],
+            "crop_boxes": [list(crop) for _ in k],
+        }
+
+    def _encode(self, cropped: np.ndarray):
+        sam = self.sam
+        size = self.input_size
+        dev = sam.device
+        if sam.kind == "sam2":
+            pixels, _ = sam2_pixels(cropped, size)
+            with self._autocast():
+                embeddings = sam.model.get_image_embeddings(pixels.to(dev))
+            return Sam2CropState(sam.model, [e.float() for e in embeddings], size, cropped.shape[:2])
+        pixels, input_hw = sam_pixels(cropped, size)
+        with self._autocast():
+            emb = sam_image_embedding(sam.model, pixels.to(dev), size)
+            return SamCropState(sam.model, emb, size, input_hw, cropped.shape[:2], self.settings.decoder_micro_batch)
+
+    def _autocast(self):
+        from ..device import autocast
+
+        return autocast(self.sam.device, self.settings.precision)
+
+    def _process_batch(self, state, points: np.ndarray, crop: list[int], image_hw: tuple[int, int]) -> _Batch | None:
+        """One batch of points (crop frame): Meta's ``_process_batch`` with the IoU filter moved
+        before the mask upsampling."""
+        s = self.settings
+        multimask = s.multimask_output
+        levels: list[int | None] = [0, 1, 2] if multimask else [None]
+        iou_offset = torch.tensor([0.0 if lv is None else s.level_iou_offsets[lv] for lv in levels])
+
+        def keep(iou: torch.Tensor) -> torch.Tensor:
+            if s.pred_iou_thresh > 0:
+                return (iou + iou_offset) > s.pred_iou_thresh
+            return torch.ones_like(iou, dtype=torch.bool)
+
+        if isinstance(state, SamCropState):
+            ih, iw = state.input_hw
+            ch, cw = state.crop_hw
+            in_points = points * np.array([[iw / cw, ih / ch]])  # Meta's apply_coords, float64
+        else:
+            in_points = state.to_input_frame(points)
+        with self._autocast():
+            iou, pairs, logits = state.predict(in_points, multimask, keep)
+        if len(pairs) == 0:
+            return None
+        point_idx, level_idx = pairs[:, 0], pairs[:, 1]
+        sel_iou = iou[point_idx, level_idx]
+        sel_levels = [levels[int(v)] for v in level_idx]
+        stab_offset = torch.tensor([0.0 if lv is None else s.level_stability_offsets[lv] for lv in sel_levels])
+        thr, off = self.sam.mask_threshold, s.stability_score_offset
+        if s.stability_at == "low":
+            vh, vw = state.valid_low_res()
+            stab = amg.stability_score(logits[:, :vh, :vw], thr, off).cpu()
+            if s.stability_score_thresh > 0:
+                k = (stab + stab_offset) >= s.stability_score_thresh
+                logits, stab, point_idx, sel_iou = logits[k.to(logits.device)], stab[k], point_idx[k], sel_iou[k]
+                sel_levels = [lv for lv, ok in zip(sel_levels, k.tolist()) if ok]
+            masks, _ = state.full_size(logits, thr, off)
+        else:
+            masks, stab = state.full_size(logits, thr, off)
+            if s.stability_score_thresh > 0:
+                k = (stab + stab_offset) >= s.stability_score_thresh
+                masks, stab, point_idx, sel_iou = masks[k], stab[k], point_idx[k], sel_iou[k]
+                sel_levels = [lv for lv, ok in zip(sel_levels, k.tolist()) if ok]
+        if len(masks) == 0:
+            return None
+        boxes = amg.masks_to_boxes(masks)
+        near = amg.box_near_crop_edge(boxes, crop, [0, 0, image_hw[1], image_hw[0]])
+        if near.any():
+            k = ~near
+            masks, boxes, stab, point_idx, sel_iou = masks[k], boxes[k], stab[k], point_idx[k], sel_iou[k]
+            sel_levels = [lv for lv, ok in zip(sel_levels, k.tolist()) if ok]
+            if len(masks) == 0:
+                return None
+        rles = _uncropped_rles(masks, crop, image_hw)
+        return _Batch(rles, boxes, sel_iou, stab, points[point_idx.numpy()], sel_levels)
+
+    # -- clean-up of small regions (Meta's postprocess_small_regions)
+    def _clean_small_regions(self, data: dict[str, Any], nms_thresh: float) -> dict[str, Any]:
+        area = self.settings.min_mask_region_area
+        new_masks, unchanged = [], []
+        for rle in data["rles"]:
+            mask = amg.rle_decode(rle)
+            mask, changed_holes = amg.remove_small_regions(mask, area, "holes")
+            mask, changed_islands = amg.remove_small_regions(mask, area, "islands")
+            new_masks.append(torch.from_numpy(mask))
+            unchanged.append(not (changed_holes or changed_islands))
+        stacked = torch.stack(new_masks)
+        boxes = amg.masks_to_boxes(stacked)
+        keep = amg.nms(boxes.float(), torch.tensor(unchanged, dtype=torch.float), nms_thresh)
+        for i in keep.tolist():
+            if not unchanged[i]:
+                data["rles"][i] = amg.rle_encode(stacked[i : i + 1])[0]
+                data["boxes"][i] = boxes[i]
+        return _select(data, keep)
+
+    def _to_maskset(self, data: dict[str, Any], image_hw: tuple[int, int]) -> MaskSet:
+        mode = self.settings.output_mode
+        records = []
+        for i, rle in enumerate(data["rles"]):
+            if mode == "binary_mask":
+                seg: Any = amg.rle_decode(rle)
+            elif mode == "coco_rle":
+                seg = amg.to_coco_rle(rle)
+            else:
+                seg = rle
+            records.append({
+                "segmentation": seg,
+                "area": amg.rle_area(rle),
+                "bbox": [int(v) for v in amg.xyxy_to_xywh(data["boxes"][i].tolist())],
+                "predicted_iou": float(data["iou"][i]),
+                "point_coords": [[float(v) for v in data["points"][i]]],
+                "stability_score": float(data["stability"][i]),
+                "crop_box": [int(v) for v in amg.xyxy_to_xywh(data["crop_boxes"][i])],
+                "level": data["levels"][i],
+            })  # fmt: skip
+        return MaskSet(records, image_hw, info=self.info())
+
+
+def sam_image_embedding(model, pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """The ViT image embedding; at another input size than the model's, the absolute position
+    table is resized bicubically (the relative tables are resized by transformers itself)."""
+    enc = model.vision_encoder
+    if size == model.config.vision_config.image_size:
+        return enc(pixels).last_hidden_state
+    x = enc.patch_embed.projection(pixels).permute(0, 2, 3, 1)
+    if enc.pos_embed is not None:
+        pos = enc.pos_embed.permute(0, 3, 1, 2)
+        pos = F.interpolate(pos.float(), size=x.shape[1:3], mode="bicubic", align_corners=False)
+        x = x + pos.permute(0, 2, 3, 1).to(x.dtype)
+    for layer in enc.layers:
+        x = layer(x)
+    return enc.neck(x)
+
+
+def _uncropped_rles(masks: torch.Tensor, crop: list[int], image_hw: tuple[int, int]) -> list[dict[str, Any]]:
+    x0, y0, x1, y1 = crop
+    h, w = image_hw
+    if (x0, y0, x1, y1) != (0, 0, w, h):
+        masks = F.pad(masks, (x0, w - x1, y0, h - y1), value=False)
+    return amg.rle_encode(masks)
+
+
+def _empty() -> dict[str, Any]:
+    return {"rles": [], "boxes": torch.zeros(0, 4, dtype=torch.long), "iou": torch.zeros(0),
+            "stability": torch.zeros(0), "points": np.zeros((0, 2)), "levels": [], "crop_boxes": []}  # fmt: skip
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    if not parts:
+        return _empty()
+    return {
+        "rles": [r for p in parts for r in p["rles"]],
+        "boxes": torch.cat([p["boxes"] for p in parts]),
+        "iou": torch.cat([p["iou"] for p in parts]),
+        "stability": torch.cat([p["stability"] for p in parts]),
+        "points": np.concatenate([p["points"] for p in parts]),
+        "levels": [v for p in parts for v in p["levels"]],
+        "crop_boxes": [c for p in parts for c in p["crop_boxes"]],
+    }
+
+
+def _select(data: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    k = keep.tolist()
+    return {
+        "rles": [data["rles"][i] for i in k],
+        "boxes": data["boxes"][keep],
+        "iou": data["iou"][keep],
+        "stability": data["stability"][keep],
+        "points": data["points"][k] if len(k) else np.zeros((0, 2)),
+        "levels": [data["levels"][i] for i in k],
+        "crop_boxes": [data["crop_boxes"][i] for i in k],
+    }
+
+
+def generate_masks(image: ImageInput, sam: SamBackbone | str = TINY_RANDOM, preset: str = "exact",
+                   **overrides: Any) -> MaskSet:  # fmt: skip
+    """One-call convenience: ``SamMaskGenerator(sam, preset, **overrides).generate(image)``."""
+    return SamMaskGenerator(sam, preset=preset, **overrides).generate(image)

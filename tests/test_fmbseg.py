@@ -1,0 +1,124 @@
+"""FMbSeg end to end: stage 1 on the synthetic world and real photos, training, inference, resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ovss import Segmenter
+from ovss.errors import InputError, ModelLoadError
+from ovss.io import save_image
+from ovss.methods.fmbseg.module import AlignmentModule, ModuleConfig, load_checkpoint, save_checkpoint
+from ovss.methods.fmbseg.pseudo import (
+    FMbSegPseudoLabeler,
+    PseudoLabelSettings,
+    run_pseudo_labels,
+    tile_boxes,
+)
+from ovss.methods.fmbseg.train import TrainSettings, patch_labels, train_fmbseg
+from ovss.testing import PALETTE, SyntheticCLIP, make_dataset
+from ovss.testing.standins import SyntheticDINO, SyntheticMaskGenerator, SyntheticPointPrompter
+from ovss.vocab import build_vocabulary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from fmbseg_synthetic import miou
+
+NAMES = list(PALETTE)
+SCENES = dict(size=(128, 128), classes=NAMES, n_regions=5, noise=25, texture=20, colour_jitter=8)
+
+
+def test_patch_labels_majority_and_purity():
+    labels = torch.full((1, 28, 28), 255)
+    labels[0, :14, :14] = 3  # pure
+    labels[0, :14, 14:] = torch.tensor([1, 2]).repeat(98)[:196].view(14, 14)  # 50/50: kept (purity 0.5)
+    labels[0, 14:, :14] = torch.arange(196).view(14, 14) % 4  # 25% each: impure
+    out = patch_labels(labels, 14, 0.5).view(2, 2)
+    assert out[0, 0] == 3 and out[0, 1] in (1, 2) and out[1, 0] == 255 and out[1, 1] == 255
+
+
+def test_tiles_cover_the_image_at_three_scales():
+    boxes = tile_boxes(300, 400, (1, 2, 3))
+    assert boxes[0] == (0, 300, 0, 400)
+    assert len(boxes) == 1 + 9 + 25
+    assert all(y2 <= 300 and x2 <= 400 for _, y2, _, x2 in boxes)
+
+
+def test_checkpoint_round_trip_and_wrong_files(tmp_path):
+    module = AlignmentModule(ModuleConfig.for_dims(48, 32))
+    save_checkpoint(tmp_path / "c.safetensors", module, {"dino": "x"})
+    loaded, info = load_checkpoint(tmp_path / "c.safetensors")
+    x = torch.randn(2, 5, 48)
+    assert torch.allclose(loaded(x), module.eval()(x)) and info["dino"] == "x"
+    (tmp_path / "bad.safetensors").write_bytes(b"nonsense")
+    with pytest.raises(ModelLoadError, match="not a safetensors"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_checkpoint(tmp_path / "none.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ModelLoadError, match="not an FMbSeg checkpoint"):
+        load_checkpoint(tmp_path / "other.safetensors")
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """Stage 1 on 12 training scenes, stage 2 with the l_t loss, scored on 6 held-out scenes."""
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("fmbseg")
+    train = make_dataset(12, seed=0, prefix="train", **SCENES)
+    test = make_dataset(6, seed=500, prefix="test", **SCENES)
+    (work / "images").mkdir()
+    for s in train:
+        save_image(work / "images" / f"{s.name}.png", Image.fromarray(s.image))
+    clip, dino = SyntheticCLIP(pooling="mean_colour"), SyntheticDINO()
+    vocab = build_vocabulary("; ".join(NAMES))
+    settings = PseudoLabelSettings(tag_templates="simple", dense_short_side=128, dense_window=None, tag_tau=0.3)
+    labeler = FMbSegPseudoLabeler(clip, SyntheticPointPrompter(), SyntheticMaskGenerator(0.7, 0), settings,
+                                  torch.device("cpu"))  # fmt: skip
+    paths = sorted((work / "images").glob("*.png"))
+    stats = run_pseudo_labels(paths, [p.stem for p in paths], vocab, work / "labels", labeler, {"t": 1}, progress=False)
+    pseudo = [np.array(Image.open(work / "labels" / f"{s.name}.png")) for s in train]
+    ts = TrainSettings(size=112, batch_images=4, patches_per_image=64, epochs=40, lr=1e-3, loss="text",
+                       templates="simple", log_every=1)  # fmt: skip
+    train_fmbseg(work / "images", work / "labels", work / "run", ts, dino=dino, clip=clip, device="cpu", progress=False)
+    seg = Segmenter("fmbseg", clip=clip, dino=dino, checkpoint=str(work / "run/checkpoint.safetensors"),
+                    device="cpu", short_side=126, window=None, templates="simple")  # fmt: skip
+    preds = [seg.segment(s.image, vocab).labels for s in test]
+    return {
+        "work": work, "stats": stats, "vocab": vocab,
+        "pseudo_miou": miou(pseudo, [s.labels for s in train], len(NAMES), False),
+        "test_miou": miou(preds, [s.labels for s in test], len(NAMES), False),
+    }  # fmt: skip
+
+
+def test_stage1_pseudo_labels_recover_the_synthetic_truth(synthetic_run):
+    assert synthetic_run["stats"] == {"done": 12, "failed": 0, "skipped": 0}
+    assert synthetic_run["pseudo_miou"] > 55.0  # noisy on purpose: 70% of proposals merge two regions
+    record = json.loads((synthetic_run["work"] / "labels" / "train_0000.json").read_text())
+    assert record["detected"] and record["masks"] and set(record["tags"]) == set(NAMES)
+    assert json.loads((synthetic_run["work"] / "labels" / "vocabulary.json").read_text())["names"] == NAMES
+
+
+def test_trained_module_beats_its_pseudo_labels_on_held_out_scenes(synthetic_run):
+    assert synthetic_run["test_miou"] > synthetic_run["pseudo_miou"] + 5.0
+
+
+def test_training_resumes_and_refuses_other_settings(synthetic_run):
+    work = synthetic_run["work"]
+    log = (work / "run" / "loss_log.jsonl").read_text().splitlines()
+    clip, dino = SyntheticCLIP(pooling="mean_colour"), SyntheticDINO()
+    ts = TrainSettings(size=112, batch_images=4, patches_per_image=64, epochs=40, lr=1e-3, loss="text",
+                       templates="simple", log_every=1)  # fmt: skip
+    result = train_fmbseg(work / "images", work / "labels", work / "run", ts, dino=dino, clip=clip, device="cpu",
+                          progress=False)  # fmt: skip
+    assert result["steps"] == 40 * 3 and (work / "run" / "loss_log.jsonl").read_text().splitlines() == log
+    with pytest.raises(InputError, match="other data or settings"):
+        train_fmbseg(work / "images", work / "labels", work / "run", TrainSettings(size=112, epochs=1, loss="ce",
+                     templates="simple"), dino=dino, clip=clip, device="cpu", progress=False)  # fmt: skip
