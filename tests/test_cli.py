@@ -178,3 +178,25 @@ def test_console_script_exit_codes(tmp_path, evaldata):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no such file" in bad.stderr
     helptext = subprocess.run([*exe.split(), "--help"], capture_output=True, text=True, env=env)
     assert helptext.returncode == 0 and "quick start" in helptext.stdout
+
+
+def test_sam_refinement_makes_every_mask_one_label(tmp_path, capsys, evaldata):
+    from ovss import Segmenter
+    from ovss.masks import SamMaskGenerator
+    from ovss.masks.pooling import region_map
+
+    # thresholds at 0: a random SAM's masks pass, so there are regions to refine
+    generator = SamMaskGenerator("tiny-random", preset="sparse", pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    seg = Segmenter("sclip", device="cpu", refine={"generator": generator})
+    result = seg.segment(evaldata / VOC / "0_image.png", "cat; dog; person; sofa")
+    regions = region_map(seg.refine["generator"].generate(result.image), result.labels.shape)
+    assert regions.max() > 0
+    for r in np.unique(regions[regions > 0]):
+        assert len(np.unique(result.labels[regions == r])) == 1
+    assert result.info["settings"]["refine"]["method"] == "sam" and result.info["models"]["sam"] == "tiny-random"
+    plain = Segmenter("sclip", device="cpu").segment(evaldata / VOC / "0_image.png", "cat; dog; person; sofa")
+    assert (plain.labels != result.labels).any()  # refinement changed something
+    code, _, err = run(capsys, "segment", evaldata / VOC / "0_image.png", "-c", "cat", "--refine", "sam",
+                       "--refine-preset", "sparse", "--out", tmp_path / "o")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "0_image.json").read_text())["settings"]["refine"]["preset"] == "sparse"

@@ -122,3 +122,65 @@ def test_training_resumes_and_refuses_other_settings(synthetic_run):
     with pytest.raises(InputError, match="other data or settings"):
         train_fmbseg(work / "images", work / "labels", work / "run", TrainSettings(size=112, epochs=1, loss="ce",
                      templates="simple"), dino=dino, clip=clip, device="cpu", progress=False)  # fmt: skip
+
+
+VOC = "vainf_voc_samples/samples"
+
+
+def _photos(evaldata, folder: Path, n: int) -> Path:
+    import shutil
+
+    folder.mkdir()
+    for name in ("0", "1", "8", "20", "23", "60")[:n]:
+        shutil.copy(evaldata / VOC / f"{name}_image.png", folder / f"{name}_image.png")
+    return folder
+
+
+def test_three_commands_on_real_photos(evaldata, tmp_path, capsys):
+    from ovss.cli import main
+
+    photos = _photos(evaldata, tmp_path / "photos", 2)
+    assert main(["pseudo-label", str(photos), "--vocab", "cat; dog; sofa, couch; person", "--background", "words",
+                 "--out", str(tmp_path / "pl"), "--device", "cpu", "--preset", "sparse"]) == 0  # fmt: skip
+    label = np.array(Image.open(tmp_path / "pl" / "0_image.png"))
+    assert label.shape == Image.open(photos / "0_image.png").size[::-1] and label.dtype == np.uint8
+    assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 255}
+    assert main(["train", "--images", str(photos), "--labels", str(tmp_path / "pl"), "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--set", "size=112", "--set", "batch_images=2", "--device", "cpu"]) == 0  # fmt: skip
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    assert main(["segment", str(photos / "1_image.png"), "-m", "fmbseg", "--checkpoint", str(ckpt), "-c",
+                 "cat; dog", "--out", str(tmp_path / "seg")]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "seg" / "1_image.json").read_text())
+    assert summary["models"]["checkpoint"] == str(ckpt) and summary["models"]["dino"] == "tiny-random"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+
+
+def test_killing_pseudo_label_loses_no_finished_image(evaldata, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    photos = _photos(evaldata, tmp_path / "photos", 6)
+    out = tmp_path / "pl"
+    cmd = [sys.executable, "-m", "ovss.cli", "pseudo-label", str(photos), "--vocab", "cat; dog; person", "--out",
+           str(out), "--device", "cpu", "--preset", "sparse"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("*_image.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(out.glob("*_image.json"))
+    assert 2 <= len(finished) < 6, "the kill should land half-way"
+    for marker in finished:  # every finished image is complete and readable
+        json.loads(marker.read_text())
+        assert Image.open(marker.with_suffix(".png")).size == Image.open(photos / f"{marker.stem}.png").size
+    stamps = {m.name: m.stat().st_mtime_ns for m in finished}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(finished)} already done" in done.stderr
+    assert {m.name: m.stat().st_mtime_ns for m in finished} == stamps  # nothing finished was redone
+    assert len(list(out.glob("*_image.json"))) == 6 and not list(out.rglob(".*.part*"))

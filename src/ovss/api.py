@@ -77,12 +77,16 @@ class Segmenter:
         from .errors import InputError
         from .masks.sam import SamMaskGenerator
 
-        unknown = set(refine) - {"sam", "preset", "vote", "min_area"}
+        unknown = set(refine) - {"sam", "preset", "vote", "min_area", "generator"}
         if unknown or refine.get("vote", "labels") not in ("labels", "logits"):
-            raise InputError("refine takes sam=, preset=, vote='labels'|'logits' and min_area=")
-        sam = refine.get("sam", TINY_RANDOM)
-        self.backbone_names["sam"] = sam if isinstance(sam, str) else getattr(sam, "name", "custom")
-        generator = SamMaskGenerator(sam, preset=refine.get("preset", "corrclip"), device=self.device)
+            raise InputError("refine takes sam=, preset=, vote='labels'|'logits', min_area= or generator=")
+        generator = refine.get("generator")  # any object with .generate(image) -> MaskSet
+        if generator is None:
+            generator = SamMaskGenerator(refine.get("sam", TINY_RANDOM), preset=refine.get("preset", "corrclip"),
+                                         device=self.device)  # fmt: skip
+        self.backbone_names["sam"] = getattr(getattr(generator, "sam", None), "name", None) or getattr(
+            generator, "name", "custom"
+        )
         return {"generator": generator, "vote": refine.get("vote", "labels"), "min_area": refine.get("min_area", 0),
                 "preset": refine.get("preset", "corrclip")}  # fmt: skip
 

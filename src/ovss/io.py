@@ -183,6 +183,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_parts(folder: str | os.PathLike) -> int:
+    """Delete the temporary files a killed process left behind in ``folder`` (atomic_path's
+    ``.NAME.XXXX.part*``); returns how many. Finished outputs are never touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.rglob(".*.part*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

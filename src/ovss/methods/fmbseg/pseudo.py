@@ -228,11 +228,12 @@ def run_pseudo_labels(
     from PIL import Image
     from tqdm import tqdm
 
-    from ...io import load_image, save_image, write_json
+    from ...io import load_image, remove_stale_parts, save_image, write_json
     from ...jobs import finished, my_shard
     from .train import VOCAB_FILE
 
     out = Path(out)
+    remove_stale_parts(out)  # what a killed run was writing; its finished images are kept
     if vocab.num_classes > IGNORE:
         raise InputError(f"{vocab.num_classes} classes do not fit an 8-bit label PNG with 255 as ignore")
     vocab_file = out / VOCAB_FILE
