@@ -208,27 +208,12 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _output_names(paths: list[Path], inputs: list[str]) -> list[Path]:
-    """Output stem per image: its path relative to the folder given, or its name."""
-    stems: list[Path] = []
-    roots = [Path(i) for i in inputs if Path(i).is_dir()]
-    for path in paths:
-        rel = next((path.relative_to(r) for r in roots if r in path.parents), Path(path.name))
-        stems.append(rel.with_suffix(""))
-    seen: dict[Path, Path] = {}
-    for stem, path in zip(stems, paths):
-        if stem in seen:
-            raise InputError(f"{seen[stem]} and {path} would write the same outputs ({stem}); rename one")
-        seen[stem] = path
-    return stems
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import Segmenter
-    from .io import DEFAULT_MAX_PIXELS, check_image_file, find_images
-    from .jobs import finished
+    from .io import DEFAULT_MAX_PIXELS
+    from .jobs import finished, plan_images
     from .methods import get_method_spec
     from .vocab import build_vocabulary
 
@@ -238,23 +223,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     spec.make_settings(settings)
     vocab = build_vocabulary(args.classes, args.background)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    paths = find_images(args.inputs)
-    stems = _output_names(paths, args.inputs)
-    failures: list[str] = []
-    for path in list(paths):
-        try:
-            check_image_file(path, max_pixels)
-        except InputError as e:
-            failures.append(str(e))
-            index = paths.index(path)
-            del paths[index], stems[index]
-    if failures and not paths:
-        raise InputError(failures[0] if len(failures) == 1 else f"no input is readable; first: {failures[0]}")
-    for message in failures:
-        print(f"ovss: error: {message} (skipped)", file=sys.stderr)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    paths, stems, unreadable = plan_images(args.inputs, out, max_pixels)
     job = {"method": spec.name, "clip": args.clip, "dino": args.dino, "checkpoint": args.checkpoint,
            "settings": settings, "vocabulary": vocab.to_dict(), "refine": args.refine}  # fmt: skip
     if args.refine != "none":
@@ -263,20 +233,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
     skipped = len(paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
-        return EXIT_USAGE if failures else 0
+        return EXIT_USAGE if unreadable else 0
 
     refine = None
     if args.refine == "sam":
         refine = {"sam": args.sam or "tiny-random", "preset": args.refine_preset, "vote": args.refine_vote}
     segmenter = Segmenter(args.method, clip=args.clip, dino=args.dino, checkpoint=args.checkpoint, device=args.device,
                           max_pixels=max_pixels, refine=refine, **settings)  # fmt: skip
-    failed = 0
+    failed = unreadable
     for path, stem in tqdm(todo, desc="segment", unit="img", disable=len(todo) < 2, file=sys.stderr):
         try:
             result = segmenter.segment(path, vocab)
         except InputError as e:
             failed += 1
-            failures.append(str(e))
             tqdm.write(f"ovss: error: {e}", file=sys.stderr)
             continue
         result.info["source"] = str(path)
@@ -286,11 +255,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if not args.no_overlay:
             result.save_overlay(target.parent / (target.name + "_overlay.png"))
         result.save_json(target.with_suffix(".json"))  # written last: marks the image as done
-    done = len(todo) - failed
+    done = len(todo) - (failed - unreadable)
     note = f", {skipped} already done" if skipped else ""
     print(f"ovss: segmented {done} of {len(todo)} images into {out}{note}", file=sys.stderr)
-    if failures:
-        print(f"ovss: error: {len(failures)} image(s) failed; see the messages above", file=sys.stderr)
+    if failed:
+        print(f"ovss: error: {failed} image(s) failed; see the messages above", file=sys.stderr)
         return EXIT_USAGE
     return 0
 
@@ -354,7 +323,8 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     from .api import load_backbone
     from .device import resolve_device
-    from .io import check_image_file, find_images
+    from .io import DEFAULT_MAX_PIXELS
+    from .jobs import plan_images
     from .masks.sam import SamMaskGenerator
     from .methods.fmbseg.pseudo import FMbSegPseudoLabeler, PseudoLabelSettings, run_pseudo_labels
 
@@ -367,10 +337,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, amg_preset=args.preset)
     settings.validate()
     vocab = _vocabulary_arg(args.vocab, args.background)
-    paths = find_images(args.inputs)
-    for path in paths:
-        check_image_file(path)
-    stems = _output_names(paths, args.inputs)
+    paths, stems, unreadable = plan_images(args.inputs, Path(args.out), DEFAULT_MAX_PIXELS)
     device = resolve_device(args.device)
     clip = load_backbone("clip", args.clip or "tiny-random", device)
     generator = SamMaskGenerator(args.sam or "tiny-random", preset=settings.amg_preset, device=device)
@@ -380,7 +347,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     stats = run_pseudo_labels(paths, stems, vocab, Path(args.out), labeler, job, overwrite=args.overwrite)
     print(f"ovss: pseudo-labelled {stats['done']} images into {args.out} ({stats['skipped']} already done, "
           f"{stats['failed']} failed)", file=sys.stderr)  # fmt: skip
-    return EXIT_USAGE if stats["failed"] else 0
+    return EXIT_USAGE if stats["failed"] or unreadable else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

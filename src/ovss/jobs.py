@@ -27,7 +27,45 @@ def my_shard(items: Sequence[T]) -> list[T]:
     return list(items[rank::world])
 
 
-def finished(marker: Path, job: dict[str, Any]) -> bool:
+def output_stems(paths: Sequence[Path], inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Output stem per image: its path relative to the folder given, or its name; clashes are errors."""
+    roots = [Path(i) for i in inputs if Path(i).is_dir()]
+    stems = [next((p.relative_to(r) for r in roots if r in p.parents), Path(p.name)).with_suffix("") for p in paths]
+    seen: dict[Path, Path] = {}
+    for stem, path in zip(stems, paths):
+        if stem in seen:
+            raise InputError(f"{seen[stem]} and {path} would write the same outputs ({stem}); rename one")
+        seen[stem] = path
+    return stems
+
+
+def plan_images(inputs: Sequence[str | os.PathLike], out: Path, max_pixels: int) -> tuple[list[Path], list[Path], int]:
+    """Images to process, their output stems and how many inputs were unreadable, checked from
+    their headers before any model loads. Unreadable images are reported (one line each) and
+    left out; if none is readable, that is the error."""
+    import sys
+
+    from .io import check_image_file, find_images
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    paths = find_images(list(inputs))
+    stems = output_stems(paths, inputs)
+    good, failures = [], []
+    for path, stem in zip(paths, stems):
+        try:
+            check_image_file(path, max_pixels)
+            good.append((path, stem))
+        except InputError as e:
+            failures.append(str(e))
+    if failures and not good:
+        raise InputError(failures[0] if len(failures) == 1 else f"no input is readable; first: {failures[0]}")
+    for message in failures:
+        print(f"ovss: error: {message} (skipped)", file=sys.stderr)
+    return [p for p, _ in good], [s for _, s in good], len(failures)
+
+
+def finished(marker: Path, job: dict[str, Any], field: str = "job") -> bool:
     """True if ``marker`` (a JSON written last, atomically) exists and records the same ``job``.
 
     A marker from another job is an error rather than a silent mix of results; a damaged
@@ -36,8 +74,10 @@ def finished(marker: Path, job: dict[str, Any]) -> bool:
     if not marker.exists():
         return False
     try:
-        previous = json.loads(marker.read_text()).get("job")
-    except (OSError, ValueError):
+        previous: Any = json.loads(marker.read_text())
+        for key in field.split("."):  # e.g. "info.job" for mask files
+            previous = previous.get(key)
+    except (OSError, ValueError, AttributeError):
         return False
     if previous != json.loads(json.dumps(job, default=str)):
         raise InputError(f"{marker} was made with other classes or settings; pass --overwrite or choose another --out")

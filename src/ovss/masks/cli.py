@@ -95,22 +95,11 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(json.dumps(job))
 
 
-def _done(target: Path, job: dict[str, Any]) -> bool:
-    if not target.exists():
-        return False
-    try:
-        previous = json.loads(target.read_text()).get("info", {}).get("job")
-    except (OSError, ValueError, AttributeError):
-        return False  # a damaged file: redo the image
-    if previous != job:
-        raise InputError(f"{target} was made with other settings; pass --overwrite or choose another --out")
-    return True
-
-
 def cmd_masks(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..io import DEFAULT_MAX_PIXELS, check_image_file, find_images, load_image, save_image
+    from ..io import DEFAULT_MAX_PIXELS, load_image, save_image
+    from ..jobs import finished, plan_images
 
     if args.generator not in ("sam", "kmeans"):
         from .registry import available_mask_generators
@@ -118,32 +107,17 @@ def cmd_masks(args: argparse.Namespace) -> int:
         if args.generator not in available_mask_generators():
             raise InputError(f"unknown mask generator {args.generator!r}; use sam or kmeans")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    paths = find_images(args.inputs)
-    stems = _stems(paths, args.inputs)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder; choose another --out")
-    failures: list[str] = []
-    ok_paths, ok_stems = [], []
-    for path, stem in zip(paths, stems):
-        try:
-            check_image_file(path, max_pixels)
-        except InputError as e:
-            failures.append(str(e))
-            continue
-        ok_paths.append(path)
-        ok_stems.append(stem)
-    if failures and not ok_paths:
-        raise InputError(failures[0] if len(failures) == 1 else f"no input is readable; first: {failures[0]}")
-    for message in failures:
-        print(f"ovss: error: {message} (skipped)", file=sys.stderr)
+    ok_paths, ok_stems, unreadable = plan_images(args.inputs, out, max_pixels)
     job = _job(args)
-    todo = [(p, s) for p, s in zip(ok_paths, ok_stems) if args.overwrite or not _done(out / (str(s) + ".json"), job)]
+    todo = [(p, s) for p, s in zip(ok_paths, ok_stems)
+            if args.overwrite or not finished(out / (str(s) + ".json"), job, field="info.job")]  # fmt: skip
     skipped = len(ok_paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(ok_paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
-        return 2 if failures else 0
+        return 2 if unreadable else 0
     generator = _build_generator(args)
+    failures = [""] * unreadable
     failed = 0
     total = 0
     for path, stem in tqdm(todo, desc="masks", unit="img", disable=len(todo) < 2, file=sys.stderr):
@@ -170,39 +144,3 @@ def cmd_masks(args: argparse.Namespace) -> int:
         print(f"ovss: error: {len(failures)} image(s) failed; see the messages above", file=sys.stderr)
         return 2
     return 0
-
-
-def _stems(paths: list[Path], inputs: list[str]) -> list[Path]:
-    """Output stem per image: its path relative to the folder given, or its name."""
-    roots = [Path(i) for i in inputs if Path(i).is_dir()]
-    stems = []
-    for path in paths:
-        rel = next((path.relative_to(r) for r in roots if r in path.parents), Path(path.name))
-        stems.append(rel.with_suffix(""))
-    seen: dict[Path, Path] = {}
-    for stem, path in zip(stems, paths):
-        if stem in seen:
-            raise InputError(f"{seen[stem]} and {path} would write the same outputs ({stem}); rename one")
-        seen[stem] = path
-    return stems
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m ovss.masks.cli``) until ``ovss masks`` is wired in."""
-    from ..errors import OvssError
-
-    parser = argparse.ArgumentParser(prog="ovss")
-    add_masks_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args))
-    except OvssError as e:
-        print(f"ovss: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
