@@ -42,9 +42,13 @@ def main() -> None:
         clip = full_size_clip()
         clip.model.save_pretrained(work / "clip")
         clip.tokenizer.save_pretrained(work / "clip")
-        settings = {"precision": args.precision}
+        from ovss.protocols import resolve
 
-        seg = Segmenter("sclip", clip=str(work / "clip"), device="cpu", **settings)
+        settings = {"precision": args.precision}
+        # the baseline runs the same protocol settings (voc21: logit 65, prob_thd 0.1, area_thd 0.1)
+        seg = Segmenter(
+            "sclip", clip=str(work / "clip"), device="cpu", **resolve("sclip", "voc21").settings, **settings
+        )
         from ovss.data import open_dataset
 
         dataset = open_dataset("voc21", work / "data")
@@ -55,7 +59,6 @@ def main() -> None:
         run_eval(EvalJob(**{**vars(job), "out": work / "warm", "limit": 1}), progress=False)  # text embeddings
 
         from ovss.evaluate import benchmark_vocabulary
-        from ovss.protocols import resolve
 
         vocab = benchmark_vocabulary(job, resolve("sclip", "voc21").background, 21)
         start = time.perf_counter()

@@ -47,17 +47,19 @@ def postprocess(
     bands = list(bands) if bands is not None else [slice(0, height)]
     first = 1 if has_background else 0  # area_thd acts on foreground classes only
     keep = torch.ones(num_classes, dtype=torch.bool)
+    kept: torch.Tensor | None = None  # one band (the usual case): reuse its probabilities
     if area_thd is not None:
         counts = torch.zeros(num_classes, dtype=torch.float64)
         for rows in bands:
             probs = class_probabilities(band_scores(rows), qc, num_classes, logit_scale)
             counts += torch.bincount(probs.argmax(0).flatten(), minlength=num_classes).double()
+            kept = probs if len(bands) == 1 else None
         fg = counts[first:]
         keep[first:] = fg > area_thd * fg.sum()
     labels = torch.empty(height, width, dtype=torch.long)
     full = torch.empty(num_classes, height, width) if return_probs else None
     for rows in bands:
-        probs = class_probabilities(band_scores(rows), qc, num_classes, logit_scale)
+        probs = kept if kept is not None else class_probabilities(band_scores(rows), qc, num_classes, logit_scale)
         probs[~keep] = 0
         best, lab = probs.max(dim=0)
         if has_background:  # without a background class there is nothing to fall back to
