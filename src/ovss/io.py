@@ -55,21 +55,11 @@ def _too_big(w: int, h: int, max_pixels: int) -> str:
 
 
 def _read_path(path: Path, max_pixels: int) -> np.ndarray:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an image file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty (0 bytes)")
+    check_image_file(path, max_pixels)  # header checks first: no decoding of a refused image
     try:
         with _no_pil_size_limit(), Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise InputError(f"{path}: " + _too_big(w, h, max_pixels))
             return _pil_to_rgb(im, str(path), max_pixels)
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: not a readable image ({_short(e)}); re-save it as PNG or JPEG") from None
 
 
@@ -137,6 +127,8 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Cheap pre-flight check from the file header (no decoding): exists, non-empty, known format, size."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an image file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty (0 bytes)")
     try:
