@@ -59,7 +59,9 @@ class SegResult:
     def overlay(self, image: np.ndarray | None = None, alpha: float = 0.5) -> Image.Image:
         """The image blended with class colours, with a legend of the classes present."""
         image = self.image if image is None else image
-        colours = palette(max(len(self.class_names), 1))
+        # Black is the VOC colour of "background"; without one, class 0 gets a visible colour.
+        shift = 0 if self.class_names[:1] == ["background"] else 1
+        colours = palette(max(len(self.class_names), 1) + shift)[shift:]
         coloured = colours[self.labels % len(colours)]
         if image is None:
             blended = coloured
