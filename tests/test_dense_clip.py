@@ -41,13 +41,14 @@ def _softmax_rows(a):
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def _attention_output(y, attn, kind, grid):
+def _attention_output(y, attn, kind, grid, bias=None):
     """Per-head loop: weights A from the variant's rule, output out_proj(concat_h A_h v_h)."""
     n_heads = attn.num_heads
     d = y.shape[-1] // n_heads
     s = d**-0.5
     q, k, v = _lin(y, attn.q_proj), _lin(y, attn.k_proj), _lin(y, attn.v_proj)
     t = y.shape[0]
+    extra = torch.zeros(t, t) if bias is None else bias
     outs = []
     for h in range(n_heads):
         qh, kh, vh = (m[:, h * d : (h + 1) * d] for m in (q, k, v))
@@ -56,7 +57,7 @@ def _attention_output(y, attn, kind, grid):
         elif kind == "maskclip":
             a = torch.eye(t)
         elif kind == "sclip":
-            a = _softmax_rows(s * qh @ qh.T) + _softmax_rows(s * kh @ kh.T)
+            a = _softmax_rows(s * qh @ qh.T + extra) + _softmax_rows(s * kh @ kh.T + extra)
         elif kind == "clearclip":
             a = _softmax_rows(s * qh @ qh.T)
         elif kind == "naclip":
@@ -71,7 +72,7 @@ def _attention_output(y, attn, kind, grid):
     return _lin(torch.cat(outs, dim=-1), attn.out_proj)
 
 
-def reference_dense(model, pixels, kind):
+def reference_dense(model, pixels, kind, bias=None):
     """(3, H, W) normalised pixels -> (D, h, w) normalised patch embeddings, from the formulas."""
     vis = model.vision_model
     p = model.config.vision_config.patch_size
@@ -96,7 +97,7 @@ def reference_dense(model, pixels, kind):
         x = x + _attention_output(_ln(x, layer.layer_norm1), layer.self_attn, "vanilla", (gh, gw))
         x = x + _mlp(_ln(x, layer.layer_norm2), layer.mlp)
     last = layers[-1]
-    out = _attention_output(_ln(x, last.layer_norm1), last.self_attn, kind, (gh, gw))
+    out = _attention_output(_ln(x, last.layer_norm1), last.self_attn, kind, (gh, gw), bias)
     if kind in ("vanilla", "sclip"):  # residual and FFN kept
         x = x + out
         x = x + _mlp(_ln(x, last.layer_norm2), last.mlp)
