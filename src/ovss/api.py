@@ -17,7 +17,14 @@ from .models.dino import load_dino
 from .result import SegResult
 from .vocab import Vocabulary, build_vocabulary
 
-_BACKBONE_LOADERS = {"clip": load_clip, "dino": load_dino}
+
+def _load_sam(name: str, device: torch.device):
+    from .masks.sam import load_sam  # the mask package is heavy; load it only for methods that need SAM
+
+    return load_sam(name, device)
+
+
+_BACKBONE_LOADERS = {"clip": load_clip, "dino": load_dino, "sam": _load_sam}
 _LOADED: dict[tuple[str, str, str], Any] = {}
 
 
@@ -51,6 +58,7 @@ class Segmenter:
         device: str | torch.device | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         dino: Any = None,
+        sam: Any = None,
         checkpoint: str | None = None,
         refine: dict[str, Any] | None = None,
         **settings: Any,
@@ -59,7 +67,7 @@ class Segmenter:
         self.settings = self.spec.make_settings(settings)
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
-        given = {"clip": clip, "dino": dino}
+        given = {"clip": clip, "dino": dino, "sam": sam}
         recorded = self.spec.checkpoint_backbones(checkpoint) if checkpoint and self.spec.checkpoint_backbones else {}
         chosen = {k: given[k] if given[k] is not None else recorded.get(k, TINY_RANDOM) for k in self.spec.needs}
         self.backbone_names = {k: v if isinstance(v, str) else getattr(v, "name", type(v).__name__)

@@ -70,6 +70,7 @@ def _model_args(parser: argparse.ArgumentParser, checkpoint: bool = True) -> Non
     """The backbone and device options every command shares."""
     parser.add_argument("--clip", default=None, help="CLIP: hub id, local directory or tiny-random")
     parser.add_argument("--dino", default=None, help="DINOv2/DINO: hub id, local directory or tiny-random")
+    parser.add_argument("--sam", default=None, help="SAM/SAM2 (tuss, fmbseg stage 1, --refine sam): hub id, local dir")
     if checkpoint:
         parser.add_argument("--checkpoint", default=None, help="trained weights for methods that need them (fmbseg)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
@@ -114,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any other method setting, e.g. --set area_thd=0.1 (see `ovss methods -v`)")  # fmt: skip
     seg.add_argument("--refine", choices=["none", "sam"], default="none",
                      help="sam: every SAM mask takes the majority label inside it (OV-Stitcher, CorrCLIP)")  # fmt: skip
-    seg.add_argument("--sam", default=None, help="SAM/SAM2 for --refine sam: hub id, local directory or tiny-random")
     seg.add_argument("--refine-preset", default="corrclip", help="SAM mask preset for --refine (default corrclip)")
     seg.add_argument("--refine-vote", choices=["labels", "logits"], default="labels",
                      help="labels: majority label per mask; logits: argmax of the mean probabilities")  # fmt: skip
@@ -161,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--background", default=None, help="for your own classes: none, words, words:a,b")
     pl.add_argument("--out", "-o", required=True, help="output folder")
     _model_args(pl, checkpoint=False)
-    pl.add_argument("--sam", default=None, help="SAM/SAM2: hub id, local directory or tiny-random")
     pl.add_argument("--preset", default=None, help="SAM mask preset (see `ovss masks --help`; default exact)")
     pl.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
                     help="any stage-1 setting (docs/fmbseg.md), e.g. --set tag_tau=0.3")  # fmt: skip
@@ -225,7 +224,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     out = Path(args.out)
     paths, stems, unreadable = plan_images(args.inputs, out, max_pixels)
-    job = {"method": spec.name, "clip": args.clip, "dino": args.dino, "checkpoint": args.checkpoint,
+    job = {"method": spec.name, "clip": args.clip, "dino": args.dino, "sam": args.sam, "checkpoint": args.checkpoint,
            "settings": settings, "vocabulary": vocab.to_dict(), "refine": args.refine}  # fmt: skip
     if args.refine != "none":
         job["refine"] = {"sam": args.sam, "preset": args.refine_preset, "vote": args.refine_vote}
@@ -238,8 +237,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     refine = None
     if args.refine == "sam":
         refine = {"sam": args.sam or "tiny-random", "preset": args.refine_preset, "vote": args.refine_vote}
-    segmenter = Segmenter(args.method, clip=args.clip, dino=args.dino, checkpoint=args.checkpoint, device=args.device,
-                          max_pixels=max_pixels, refine=refine, **settings)  # fmt: skip
+    segmenter = Segmenter(args.method, clip=args.clip, dino=args.dino, sam=args.sam, checkpoint=args.checkpoint,
+                          device=args.device, max_pixels=max_pixels, refine=refine, **settings)  # fmt: skip
     failed = unreadable
     for path, stem in tqdm(todo, desc="segment", unit="img", disable=len(todo) < 2, file=sys.stderr):
         try:

@@ -49,6 +49,7 @@ class EvalJob:
     labels: Path | None = None  # for benchmark "folder": the label PNG folder
     dino: str | None = None
     checkpoint: str | None = None
+    sam: str | None = None
 
 
 def _device_for_rank(device: str | None) -> str | None:
@@ -133,7 +134,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     samples = [dataset[i] for i in range(count)]
     mine = samples[rank::world]
     identity = {"method": job.method, "benchmark": job.benchmark, "settings": settings, "n": len(samples)}
-    identity.update(clip=job.clip, dino=job.dino, checkpoint=job.checkpoint, vocab=vocab.to_dict())
+    identity.update(clip=job.clip, dino=job.dino, sam=job.sam, checkpoint=job.checkpoint, vocab=vocab.to_dict())
     signature = json.dumps(identity, sort_keys=True, default=str)
     out = Path(job.out)
     shard = _Shard(
@@ -142,7 +143,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
 
     segmenter = None
     if job.method != GROUND_TRUTH:
-        segmenter = Segmenter(job.method, clip=job.clip, dino=job.dino, checkpoint=job.checkpoint,
+        segmenter = Segmenter(job.method, clip=job.clip, dino=job.dino, sam=job.sam, checkpoint=job.checkpoint,
                               device=_device_for_rank(job.device), **settings)  # fmt: skip
     done = set(shard.done)
     todo = [s for s in mine if s.name not in done]

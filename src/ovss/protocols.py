@@ -122,6 +122,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "templates": {"default": "openai_imagenet_80"},
         "metric": "union",
     },
+    "tuss": {  # the reference evaluates with AlchemyCat's gt-present mIoU
+        "source": "PROTOCOL.md §4.2 (TUSS row), §9 families.tuss; METHODS.md §1.3-1.4",
+        "short_side": {"default": 448},
+        "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
+        "templates": {"default": "vild_14"},
+        "metric": "present",
+    },
 }
 
 # The family each registered method is evaluated under unless --protocol says otherwise.
@@ -132,6 +139,7 @@ METHOD_FAMILY = {
     "maskclip": "sclip",
     "vanilla": "sclip",
     "fmbseg": "fmbseg",
+    "tuss": "tuss",
 }
 
 METRIC_CONVENTIONS = ("union", "present")

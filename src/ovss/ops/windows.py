@@ -26,6 +26,7 @@ def slide(
     window: tuple[int, int] | None,
     batch_size: int = 8,
     pad_to: int | None = None,
+    with_boxes: bool = False,
 ) -> torch.Tensor:
     """Average per-window score maps over the image.
 
@@ -33,6 +34,8 @@ def slide(
     scores at the token grid, which are bilinearly upsampled to the window size. ``window`` is
     ``(crop, stride)`` or ``None`` for one whole-image pass. ``pad_to`` zero-pads each window
     symmetrically to a multiple of that size first and crops the scores back (ClearCLIP, ProxyCLIP).
+    ``with_boxes`` also passes each batch's ``(y1, y2, x1, x2)`` windows, for per-window inputs
+    such as TUSS's mask bias.
     """
     _, height, width = pixels.shape
     boxes = [(0, height, 0, width)] if window is None else window_grid(height, width, *window)
@@ -41,7 +44,8 @@ def slide(
     for start in range(0, len(boxes), batch_size):
         chunk = boxes[start : start + batch_size]
         crops = torch.stack([pixels[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-        scores = _window_scores(crops, score_fn, pad_to)
+        fn = (lambda b, chunk=chunk: score_fn(b, chunk)) if with_boxes else score_fn
+        scores = _window_scores(crops, fn, pad_to)
         if total is None:
             total = torch.zeros(scores.shape[1], height, width)
         for (y1, y2, x1, x2), s in zip(chunk, scores):
