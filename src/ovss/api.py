@@ -64,7 +64,10 @@ class Segmenter:
         **settings: Any,
     ) -> None:
         self.spec = get_method_spec(method)
-        self.settings = self.spec.make_settings(settings)
+        recorded_settings = (
+            self.spec.checkpoint_settings(checkpoint) if checkpoint and self.spec.checkpoint_settings else {}
+        )
+        self.settings = self.spec.make_settings({**recorded_settings, **settings})
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
         given = {"clip": clip, "dino": dino, "sam": sam}
@@ -101,7 +104,7 @@ class Segmenter:
     def segment(
         self,
         image: ImageInput,
-        classes: str | list[str] | Vocabulary,
+        classes: str | list[str] | Vocabulary | None = None,
         background: str | list[str] | None = None,
         return_probs: bool = False,
     ) -> SegResult:
@@ -110,8 +113,14 @@ class Segmenter:
         ``classes``: ``"cat; sofa, couch; plant"`` (``;`` between classes, ``,`` between synonyms)
         or a list. ``background``: ``None`` (no background class), ``"words"`` (class 0 queried by
         26 background words), ``"threshold"`` (class 0 below ``prob_thd``) or a list of words.
+        ``classes`` may be left out with a fitted classifier (``tuss`` with a checkpoint): its classes.
         """
-        vocab = build_vocabulary(classes, background)
+        fixed = getattr(self.method, "vocabulary", None)  # a fitted classifier knows its classes
+        if classes is None and fixed is None:
+            from .errors import InputError
+
+            raise InputError('no class names given; pass them like classes="cat; sofa, couch; plant"')
+        vocab = fixed if classes is None else build_vocabulary(classes, background)
         rgb = load_image(image, self.max_pixels)
         start = time.perf_counter()
         vote_logits = bool(self.refine) and self.refine["vote"] == "logits"

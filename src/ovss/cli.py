@@ -72,7 +72,8 @@ def _model_args(parser: argparse.ArgumentParser, checkpoint: bool = True) -> Non
     parser.add_argument("--dino", default=None, help="DINOv2/DINO: hub id, local directory or tiny-random")
     parser.add_argument("--sam", default=None, help="SAM/SAM2 (tuss, fmbseg stage 1, --refine sam): hub id, local dir")
     if checkpoint:
-        parser.add_argument("--checkpoint", default=None, help="trained weights for methods that need them (fmbseg)")
+        parser.add_argument("--checkpoint", "--classifier", dest="checkpoint", default=None,
+                            help="trained weights (fmbseg) or a classifier folder from `ovss fit tuss`")  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
 
 
@@ -91,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         "settings, models). Finished images are skipped on a re-run.",
     )
     seg.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
-    seg.add_argument("--classes", "-c", required=True, type=_classes_arg,
-                     help='class names: "cat; sofa, couch; plant", or @FILE with one class per line')  # fmt: skip
+    seg.add_argument("--classes", "-c", type=_classes_arg,
+                     help='class names: "cat; sofa, couch; plant", or @FILE with one class per line (may be left '
+                     "out with a fitted tuss --classifier: its classes)")  # fmt: skip
     seg.add_argument("--method", "-m", default="sclip", help="method name (see `ovss methods`; default sclip)")
     seg.add_argument("--out", "-o", default="ovss_out", help="output folder (default ./ovss_out)")
     _model_args(seg)
@@ -187,6 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="any training setting (docs/fmbseg.md), e.g. --set tau=0.1")  # fmt: skip
     tr.set_defaults(func=cmd_train)
 
+    fit = sub.add_parser(
+        "fit",
+        help="fit a method's classifier on a folder of images (tuss: ovss, wsss, sss, fsss)",
+        description="TUSS without fine-tuning anything: SAM masks of every training image embedded by DBA-CLIP "
+        "(OUT/bank, resumable: re-run to continue), then the classifier of one supervision setting: ovss (class "
+        "names only), wsss (image tags: --tags FILE, a JSON object {image name: [class names]}), sss (pixel labels "
+        "for some images: --labels DIR), fsss (pixel labels for all). Label PNGs hold class indices in --vocab "
+        "order (background first when there is one; 255 = ignore). Writes OUT/classifier.safetensors for "
+        "`ovss segment --method tuss --classifier OUT`, OUT/seeds/NAME.png (training images painted with the "
+        "fitted scores: WSSS pseudo-masks) and OUT/fit.json.",
+    )
+    fit.add_argument("method", choices=["tuss"], help="the method (tuss)")
+    fit.add_argument("--setting", required=True, choices=["ovss", "wsss", "sss", "fsss"], help="supervision setting")
+    fit.add_argument("--images", required=True, nargs="+", help="training images or folders")
+    fit.add_argument("--tags", help="wsss: JSON file {image file name: [class names]}")
+    fit.add_argument("--labels", help="sss/fsss: folder of label PNGs named like the images")
+    fit.add_argument("--vocab", required=True, type=_classes_arg,
+                     help="a benchmark (voc21, coco_object, ...), classes 'a; b, c', or @FILE")  # fmt: skip
+    fit.add_argument("--background", default=None, help="for your own classes: none, words, words:a,b")
+    fit.add_argument("--out", "-o", required=True, help="output folder")
+    _model_args(fit, checkpoint=False)
+    fit.add_argument("--preset", default=None, help="SAM mask preset (default tuss; see `ovss masks --help`)")
+    fit.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
+                     help="a fit setting (heldout, lp_weight, k_bar, probe_iters, iter_factor, lp_k, lp_alpha, "
+                     "weighting, seed) or a tuss method setting (short_side, window, templates, ...)")  # fmt: skip
+    fit.set_defaults(func=cmd_fit)
+
     add_masks_parser(sub)
     add_data_parser(sub)
 
@@ -214,13 +243,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .io import DEFAULT_MAX_PIXELS
     from .jobs import finished, plan_images
     from .methods import get_method_spec
-    from .vocab import build_vocabulary
 
     # Check everything cheap before loading any model.
     spec = get_method_spec(args.method)
     settings = _settings_from_args(args)
     spec.make_settings(settings)
-    vocab = build_vocabulary(args.classes, args.background)
+    vocab = _segment_vocabulary(spec, args)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     out = Path(args.out)
     paths, stems, unreadable = plan_images(args.inputs, out, max_pixels)
@@ -261,6 +289,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"ovss: error: {failed} image(s) failed; see the messages above", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def _segment_vocabulary(spec, args: argparse.Namespace):
+    from .vocab import build_vocabulary
+
+    if args.classes is not None:
+        return build_vocabulary(args.classes, args.background)
+    if spec.name == "tuss" and args.checkpoint:
+        from .methods.tuss.classifier import TUSSClassifier
+
+        return TUSSClassifier.load(args.checkpoint, tensors=False).vocabulary
+    raise InputError('no class names given; pass them like --classes "cat; sofa, couch; plant"')
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -361,6 +401,45 @@ def cmd_train(args: argparse.Namespace) -> int:
                           device=args.device)  # fmt: skip
     print(f"ovss: trained {result['epochs']} epochs ({result['steps']} steps); checkpoint {result['checkpoint']}",
           file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from . import __version__
+    from .api import Segmenter
+    from .io import DEFAULT_MAX_PIXELS
+    from .jobs import plan_images
+    from .methods import get_method_spec
+    from .methods.tuss.fit import FitSettings, fit_settings, fit_tuss
+
+    # Check everything cheap before loading any model.
+    spec = get_method_spec(args.method)
+    given = dict(args.set)
+    fit_keys = {f.name for f in dataclasses.fields(FitSettings)}
+    method_settings = {k: v for k, v in given.items() if k not in fit_keys}
+    if args.preset:
+        method_settings["sam_preset"] = args.preset
+    spec.make_settings(method_settings).validate()
+    fs = fit_settings({k: v for k, v in given.items() if k in fit_keys})
+    vocab = _vocabulary_arg(args.vocab, args.background)
+    out = Path(args.out)
+    paths, stems, unreadable = plan_images(args.images, out, DEFAULT_MAX_PIXELS)
+    if unreadable:
+        raise InputError(f"{unreadable} training image(s) are unreadable (listed above); remove them and re-run")
+    models = {"clip": args.clip or "tiny-random", "sam": args.sam or "tiny-random"}
+    seg = Segmenter(args.method, clip=models["clip"], sam=models["sam"], device=args.device, **method_settings)
+    job = {"method": spec.name, "models": models, "settings": dataclasses.asdict(seg.settings),
+           "ovss_version": __version__}  # fmt: skip
+    report = fit_tuss(seg.method, paths, [str(s) for s in stems], out, vocab, args.setting, fs,
+                      tags=Path(args.tags) if args.tags else None, labels=Path(args.labels) if args.labels else None,
+                      job=job, models=models)  # fmt: skip
+    if report is None:
+        return 0
+    chosen = f", selected lp_weight {report['lp_weight']} k_bar {report['k_bar']}" if "selection" in report else ""
+    print(f"ovss: fitted tuss ({args.setting}) on {report['images']} images, {report['masks']} masks{chosen}; "
+          f"classifier {report['classifier']}", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -50,11 +50,7 @@ class SegResult:
 
     def to_pil(self) -> Image.Image:
         """Indexed PNG image with the VOC palette (16-bit greyscale beyond 256 classes)."""
-        if len(self.class_names) > 256:
-            return Image.fromarray(self.labels.astype(np.uint16))
-        im = Image.fromarray(self.labels.astype(np.uint8), mode="P")
-        im.putpalette(palette(256).ravel().tolist())
-        return im
+        return label_image(self.labels, len(self.class_names))
 
     def overlay(self, image: np.ndarray | None = None, alpha: float = 0.5) -> Image.Image:
         """The image blended with class colours, with a legend of the classes present."""
@@ -83,6 +79,15 @@ class SegResult:
 
     def save_json(self, path: str | os.PathLike) -> None:
         write_json(path, self.summary())
+
+
+def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """Indexed PNG image with the VOC palette (16-bit greyscale beyond 256 classes)."""
+    if num_classes > 256:
+        return Image.fromarray(labels.astype(np.uint16))
+    im = Image.fromarray(labels.astype(np.uint8), mode="P")
+    im.putpalette(palette(256).ravel().tolist())
+    return im
 
 
 def _with_legend(image: Image.Image, areas: dict[str, int], colours: np.ndarray, names: list[str]) -> Image.Image:

@@ -48,6 +48,8 @@ class MethodSpec:
     reference: str = ""
     # For methods with a trained checkpoint: the backbone names it records (used when not given).
     checkpoint_backbones: Callable[[str], dict[str, str]] | None = None
+    # The method settings a checkpoint was fitted with: defaults under the caller's own settings.
+    checkpoint_settings: Callable[[str], dict[str, Any]] | None = None
 
     def make_settings(self, overrides: dict[str, Any]) -> Any:
         known = {f.name: f for f in dataclasses.fields(self.settings)}

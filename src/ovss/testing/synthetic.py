@@ -370,6 +370,9 @@ class SyntheticCLIP:
       templates the class comes last ("a black and white photo of the red."). A synonym adds a
       fixed ``synonym_shift`` offset, so "crimson" is near, not equal to, "red". Every text gets a
       small hash-seeded ``text_noise`` offset, so templates differ. No colour word: ``u``.
+      ``text_drift`` ``{"red": {"orange": 1.5}}`` bends the text of a colour toward others
+      (e_red + 1.5 e_orange, normalised): CLIP's systematic zero-shot confusions, which labels
+      or image tags can correct while the image side stays exact.
     * :meth:`dense_features` undoes the ``mean``/``std`` normalisation and, per ``P x P`` patch,
       weighs colours by ``softmax(-rgb_distance / temperature)``: with ``"assignment"`` (default)
       the mean of per-pixel weights (a straddling patch gets exactly the red/blue mixture), with
@@ -392,6 +395,7 @@ class SyntheticCLIP:
         modifier_weight: float = 0.25,
         palette: Mapping[str, tuple[int, int, int]] = PALETTE,
         synonyms: Mapping[str, Sequence[str]] = SYNONYMS,
+        text_drift: Mapping[str, Mapping[str, float]] | None = None,
         mean: tuple[float, float, float] = _OPENAI_MEAN,
         std: tuple[float, float, float] = _OPENAI_STD,
     ) -> None:
@@ -408,6 +412,10 @@ class SyntheticCLIP:
         self.pooling = pooling
         self.text_noise, self.synonym_shift, self.modifier_weight = text_noise, synonym_shift, modifier_weight
         self.mean, self.std = tuple(mean), tuple(std)
+        self.text_drift = {c: dict(d) for c, d in (text_drift or {}).items()}
+        unknown = {c for c in self.text_drift} | {t for d in self.text_drift.values() for t in d}
+        if unknown - set(palette):
+            raise ValueError(f"text_drift names colours outside the palette: {sorted(unknown - set(palette))}")
         self.device = torch.device("cpu")
         self.colour_names: tuple[str, ...] = tuple(palette)
         self.palette = MappingProxyType(dict(palette))
@@ -460,6 +468,7 @@ class SyntheticCLIP:
             "text_noise": self.text_noise,
             "synonym_shift": self.synonym_shift,
             "modifier_weight": self.modifier_weight,
+            "text_drift": self.text_drift,
             "palette": {k: list(v) for k, v in self.palette.items()},
             "lexicon": dict(sorted(self.lexicon.items())),
             "mean": list(self.mean),
@@ -487,6 +496,8 @@ class SyntheticCLIP:
             v = np.zeros(self._dim)
             for i, (word, colour) in enumerate(found):
                 e = self._colours[self.colour_names.index(colour)].double().numpy()
+                for other, w in self.text_drift.get(colour, {}).items():
+                    e = e + w * self._colours[self.colour_names.index(other)].double().numpy()
                 if word != colour.lower():
                     e = e + self.synonym_shift * _unit_vector(self._dim, f"{self._seed}|word|{word}")
                     e = e / np.linalg.norm(e)

@@ -15,8 +15,8 @@ Clean-room implementation from METHODS.md (TUSS has no licence).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -599,6 +599,34 @@ class GLCC:
         eps = self.config.suppress_eps
         out = lp + probe
         return out.masked_fill((lp < eps) | (probe < eps), 0.0)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON-ready settings) that :meth:`from_state` turns back into a fitted classifier."""
+        if self.probe is None or self.probe.weight is None or self.lp_classifier is None:
+            raise RuntimeError("GLCC.fit must run before state")
+        lpc = self.lp_classifier
+        tensors = {"probe_weight": self.probe.weight, "keys": lpc.keys, "y_star": lpc.y_star}
+        if lpc.degree is not None:
+            tensors["degree"] = lpc.degree
+        meta = {"setting": self.config.setting, "probe_logit_scale": self.probe.config.logit_scale,
+                "graph_k": lpc.graph_k, "inductive": asdict(lpc.config), "lp_weight": self.config.lp_weight,
+                "suppress_eps": self.config.suppress_eps, "knn_backend": lpc.knn_backend}  # fmt: skip
+        return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, meta
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> GLCC:
+        try:
+            glcc = cls(replace(GLCCConfig(), setting=meta["setting"], lp_weight=float(meta["lp_weight"]),
+                               suppress_eps=float(meta["suppress_eps"])))  # fmt: skip
+            glcc.probe = LinearProbe(ProbeConfig(logit_scale=float(meta["probe_logit_scale"])))
+            glcc.probe.weight = tensors["probe_weight"].float()
+            glcc.lp_classifier = LPClassifier(tensors["keys"], tensors["y_star"], tensors.get("degree"),
+                                              int(meta["graph_k"]), InductiveConfig(**meta["inductive"]),
+                                              knn_backend=meta.get("knn_backend", "auto"))  # fmt: skip
+        except (KeyError, TypeError) as e:
+            raise InputError(f"not a complete GLCC state (missing or wrong {e}); refit with `ovss fit tuss`") from None
+        glcc.train_scores = glcc.lp_classifier.y_star
+        return glcc
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:

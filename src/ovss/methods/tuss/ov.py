@@ -1,18 +1,25 @@
-"""TUSS, open-vocabulary setting: nothing trained (METHODS.md §1.2-1.4).
+"""TUSS mask embeddings, the text classifier and painting (METHODS.md §1.2-1.4); method ``tuss``.
 
 1. SAM masks with the level-aware ``tuss`` preset.
 2. DBA-CLIP: SCLIP's correlative last block with the discrimination bias built from the masks
-   (per window: masks cropped to it), on a global view and 224/56 sliding windows, averaged
-   half and half; each mask's embedding is the mean of the upsampled map over its pixels.
-3. Text classifier: softmax over all queries of (CLIP logit scale x gamma x cosine), synonyms
-   by max; background by the ``pow`` rule, bg = (1 - max foreground)^p.
+   (per window: masks cropped to it), on a global view and sliding windows (224/56 for VOC and
+   COCO; several window sizes mixed with momentum 0.5 for Cityscapes), global and sliding maps
+   averaged with ``global_weight``; each mask's embedding is the mean of the upsampled map over
+   its pixels.
+3. Classification: without a fitted classifier (the open-vocabulary setting), the text classifier:
+   softmax over all queries of (CLIP logit scale x gamma x cosine), synonyms by max, background by
+   ``pow`` (bg = (1 - max foreground)^p) or ``prompt`` (bg = p_background^alpha). With a classifier
+   from ``ovss fit tuss`` (``checkpoint=DIR``), the GLCC scores of the WSSS/SSS/FSSS settings.
 4. Painting in ascending (level, confidence) order; pixels under no mask get class 0 as the
-   reference code does (``unpainted="zero"``) or their own per-pixel label (``"dense"``).
+   reference code does (``unpainted="zero"``), their own per-pixel label (``"dense"``), or the
+   ignore value 255 (``"ignore"``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +27,7 @@ import torch.nn.functional as F
 
 from ...device import autocast, check_precision
 from ...errors import InputError
+from ...masks.maskset import MaskSet
 from ...masks.pooling import mask_pool
 from ...ops.dba import discrimination_bias
 from ...ops.postprocess import class_probabilities
@@ -30,36 +38,85 @@ from ...templates import get_templates
 from ...vocab import Vocabulary
 from ..base import Method, MethodOutput, MethodSpec, register_method
 
+IGNORE = 255
+Window = tuple[int, int]
+
 
 @dataclass(frozen=True)
 class TUSSSettings:
     short_side: int = 448  # §1.3: short side 448, long side rounded up to a multiple of 16
     size_multiple: int = 16
-    window: tuple[int, int] | None = (224, 56)
+    # (crop, stride), several of them mixed with momentum 0.5 (Cityscapes: ((448, 224), (224, 112))), or None
+    window: Window | tuple[Window, ...] | None = (224, 56)
     global_weight: float = 0.5  # final map = w * global + (1 - w) * sliding
     patches_see_cls: bool = True  # False: Cityscapes OV configuration
     templates: str = "vild_14"  # §1.4 default ("origami" for the final-looking VOC configs)
     logit_scale: float = 100.0  # exp(CLIP logit scale) for OpenAI CLIP
     gamma: float = 1.0
-    background_power: float = 1.0  # pow rule p (swept in the reference on the test split; fixed here)
-    unpainted: str = "zero"  # zero (reference code) | dense (per-pixel classification)
+    background_method: str = "pow"  # pow: (1 - max fg)^p; prompt: p_bg^alpha (an explicit background query)
+    background_power: float = 1.0  # p or alpha (swept in the reference on the test split; fixed here)
+    norm: bool = False  # per-class min-max of the foreground scores across one image's masks
+    unpainted: str = "zero"  # zero (reference code) | dense (per-pixel classification) | ignore (255)
     sam_preset: str = "tuss"
     precision: str = "fp32"
     window_batch: int = 8
 
+    def windows(self) -> list[Window]:
+        w = self.window
+        if w is None:
+            return []
+        return [tuple(w)] if isinstance(w[0], int) else [tuple(x) for x in w]  # type: ignore[misc]
+
     def validate(self) -> None:
         check_precision(self.precision)
         get_templates(self.templates)
-        if self.unpainted not in ("zero", "dense"):
-            raise InputError(f"unpainted {self.unpainted!r} must be zero or dense")
-        if not 0.0 <= self.global_weight <= 1.0 or (self.window is None and self.global_weight < 1.0):
+        if self.unpainted not in ("zero", "dense", "ignore"):
+            raise InputError(f"unpainted {self.unpainted!r} must be zero, dense or ignore")
+        if self.background_method not in ("pow", "prompt"):
+            raise InputError(f"background_method {self.background_method!r} must be pow or prompt")
+        try:
+            windows = self.windows()
+            ok = all(len(w) == 2 and 0 < w[1] <= w[0] for w in windows)
+        except (TypeError, IndexError):
+            ok = False
+        if not ok:
+            raise InputError(f"window {self.window!r}: give (crop, stride), several of them, or None")
+        if not 0.0 <= self.global_weight <= 1.0 or (not windows and self.global_weight < 1.0):
             raise InputError("global_weight must lie in [0, 1], and be 1 without windows")
+
+
+@dataclass
+class MaskEmbeddings:
+    """One image's SAM masks with their DBA-CLIP embeddings."""
+
+    maskset: MaskSet
+    masks: torch.Tensor  # (N, H, W) bool
+    embeddings: torch.Tensor  # (N, D) L2-normalised
+    areas: torch.Tensor  # (N,) pixels
+    levels: list[int]  # 0 sub-part, 1 part, 2 whole (masks without a level count as whole)
+    feature_map: torch.Tensor | None = None  # (D, h, w) at the resized size, when kept
+
+
+def paint(masks: torch.Tensor, levels: Sequence[int], scores: torch.Tensor, fill: np.ndarray) -> np.ndarray:
+    """Paint each mask with its argmax class over ``scores`` (C, N), in ascending (level, confidence)
+    order, so whole and sure masks are painted last (§1.4); ``fill`` holds the unpainted pixels."""
+    labels = fill.astype(np.int32, copy=True)
+    if len(masks) == 0:
+        return labels
+    conf, label = scores.max(0)
+    for i in sorted(range(len(masks)), key=lambda i: (levels[i], float(conf[i]))):
+        labels[masks[i].numpy()] = int(label[i])
+    return labels
+
+
+def mask_levels(maskset: MaskSet) -> list[int]:
+    return [2 if r.get("level") is None else int(r["level"]) for r in maskset]
 
 
 class TUSSMethod(Method):
     needs = ("clip", "sam")
 
-    def __init__(self, backbones, settings: TUSSSettings, device: torch.device) -> None:
+    def __init__(self, backbones, settings: TUSSSettings, device: torch.device, checkpoint: str | None = None) -> None:
         from ...masks.sam import SamMaskGenerator
 
         settings.validate()
@@ -70,9 +127,20 @@ class TUSSMethod(Method):
         self.generator = sam if hasattr(sam, "generate") else SamMaskGenerator(sam, preset=settings.sam_preset,
                                                                               device=device)  # fmt: skip
         self.templates = get_templates(settings.templates)
+        self.classifier = None
+        if checkpoint is not None:
+            from .classifier import TUSSClassifier
 
+            self.classifier = TUSSClassifier.load(checkpoint)
+
+    @property
+    def vocabulary(self) -> Vocabulary | None:
+        """The classes a fitted classifier was trained for (None in the open-vocabulary setting)."""
+        return None if self.classifier is None else self.classifier.vocabulary
+
+    # -- DBA-CLIP embeddings
     def embedding_map(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
-        """DBA-CLIP ``(D, h, w)`` map at the resized size (global and sliding views averaged)."""
+        """DBA-CLIP ``(D, h, w)`` map at the resized size (global and sliding views combined)."""
         s, clip = self.settings, self.clip
         h, w = keep_ratio_size(*image.shape[:2], s.short_side)
         h, w = -(-h // s.size_multiple) * s.size_multiple, -(-w // s.size_multiple) * s.size_multiple
@@ -86,53 +154,118 @@ class TUSSMethod(Method):
                                 for y1, y2, x1, x2 in boxes])  # fmt: skip
             return clip.dense_features(batch.to(self.device), "sclip", bias=bias.to(self.device)).float()
 
+        views: torch.Tensor | None = None
         with autocast(self.device, s.precision):
-            whole = biased(pixels[None], [(0, h, 0, w)])
-            views = F.interpolate(whole, size=(h, w), mode="bilinear", align_corners=False)[0].cpu()
-            if s.window is not None and s.global_weight < 1.0:
-                sliding = slide(pixels, biased, s.window, s.window_batch, with_boxes=True)
-                views = s.global_weight * views + (1 - s.global_weight) * sliding
+            if s.global_weight > 0:
+                whole = biased(pixels[None], [(0, h, 0, w)])
+                views = F.interpolate(whole, size=(h, w), mode="bilinear", align_corners=False)[0].cpu()
+            if s.global_weight < 1:
+                sliding = None
+                for window in s.windows():  # several window sizes: running mixture with momentum 0.5
+                    m = slide(pixels, biased, window, s.window_batch, with_boxes=True)
+                    sliding = m if sliding is None else 0.5 * sliding + 0.5 * m
+                assert sliding is not None
+                views = sliding if views is None else s.global_weight * views + (1 - s.global_weight) * sliding
+        assert views is not None
         return views
 
-    def class_scores(self, embeddings: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
-        """``(N, D)`` normalised embeddings -> ``(C, N)`` class probabilities (background by pow)."""
+    def embed(self, image: np.ndarray, keep_map: bool = False) -> MaskEmbeddings:
+        """SAM masks of ``image`` and one L2-normalised DBA-CLIP embedding per mask."""
+        h, w = image.shape[:2]
+        maskset = self.generator.generate(image)
+        masks = torch.from_numpy(maskset.masks()) if len(maskset) else torch.zeros(0, h, w, dtype=torch.bool)
+        fmap = self.embedding_map(image, masks)
+        pooled, areas = mask_pool(fmap, masks, mode="upsample")
+        return MaskEmbeddings(maskset, masks, F.normalize(pooled, dim=-1), areas, mask_levels(maskset),
+                              fmap if keep_map else None)  # fmt: skip
+
+    # -- classification
+    def text_scores(
+        self, embeddings: torch.Tensor, vocab: Vocabulary, candidates: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(N, D)`` normalised embeddings -> ``(C, N)`` text-classifier probabilities (§1.4).
+
+        ``candidates`` (C,) or (N, C) bool limits the softmax to those classes' queries (WSSS image
+        tags); background queries always take part.
+        """
         s = self.settings
         text = embed_queries(self.clip, list(vocab.queries), self.templates)
-        probs = class_probabilities(text @ embeddings.T, torch.tensor(vocab.query_class), vocab.num_classes,
-                                    s.logit_scale * s.gamma)  # fmt: skip
+        qc = torch.tensor(vocab.query_class)
+        cos = text @ embeddings.T  # (Q, N)
+        if candidates is not None:
+            cand = candidates if candidates.ndim == 2 else candidates[None].expand(len(embeddings), -1)
+            allowed = cand.T[qc.clamp(min=0)] | (qc < 0)[:, None]  # (Q, N)
+            if vocab.has_background:
+                allowed = allowed | (qc == 0)[:, None]
+            cos = cos.masked_fill(~allowed, -1e4)
+        probs = class_probabilities(cos, qc, vocab.num_classes, s.logit_scale * s.gamma)
+        first = 1 if vocab.has_background else 0
+        if s.norm and probs.shape[1] > 1:  # per-class min-max across this image's masks
+            fg = probs[first:]
+            lo, hi = fg.amin(1, keepdim=True), fg.amax(1, keepdim=True)
+            probs[first:] = (fg - lo) / (hi - lo).clamp(min=1e-12)
+        if candidates is not None:  # exactly 0 outside the candidates (the min-max above may lift them)
+            keep = cand.T.clone()
+            keep[0] |= vocab.has_background
+            probs = probs * keep
         if vocab.has_background:
-            probs[0] = (1 - probs[1:].amax(0)).clamp(min=0) ** s.background_power
+            if s.background_method == "pow":
+                probs[0] = (1 - probs[1:].amax(0)).clamp(min=0) ** s.background_power
+            else:
+                probs[0] = probs[0] ** s.background_power
         return probs
+
+    def class_scores(self, embeddings: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+        """``(C, N)`` scores of the fitted classifier if there is one, else of the text classifier."""
+        if self.classifier is not None and self.classifier.glcc is not None:
+            self.classifier.check_vocabulary(vocab)
+            return self.classifier.glcc.predict(embeddings).T
+        return self.text_scores(embeddings, vocab)
+
+    def _pixel_scores(self, fmap: torch.Tensor, vocab: Vocabulary, size: tuple[int, int]) -> torch.Tensor:
+        flat = F.normalize(upsample_rows(fmap, size).flatten(1).T, dim=-1)
+        if self.classifier is not None and self.classifier.glcc is not None:
+            return self.classifier.glcc.probe.scores(flat).T.reshape(-1, *size)  # the probe: kNN per pixel is too slow
+        return self.text_scores(flat, vocab).view(-1, *size)
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, vocab: Vocabulary, return_probs: bool = False) -> MethodOutput:
         h, w = image.shape[:2]
-        maskset = self.generator.generate(image)
-        masks = torch.from_numpy(maskset.masks())
-        emb = self.embedding_map(image, masks if len(masks) else torch.zeros(0, h, w, dtype=torch.bool))
-        labels = np.zeros((h, w), dtype=np.int32)
-        if self.settings.unpainted == "dense" or return_probs:
-            flat = F.normalize(upsample_rows(emb, (h, w)).flatten(1).T, dim=-1)
-            dense = self.class_scores(flat, vocab).view(-1, h, w)
-            if self.settings.unpainted == "dense":
-                labels = dense.argmax(0).numpy().astype(np.int32)
-        if len(masks):
-            pooled, _ = mask_pool(emb, masks, mode="upsample")
-            probs = self.class_scores(F.normalize(pooled, dim=-1), vocab)
-            conf, label = probs.max(0)
-            levels = [2 if r.get("level") is None else int(r["level"]) for r in maskset]
-            for i in sorted(range(len(masks)), key=lambda i: (levels[i], float(conf[i]))):  # whole, sure masks last
-                labels[masks[i].numpy()] = int(label[i])
-        return MethodOutput(labels, dense.numpy() if return_probs else None)
+        s = self.settings
+        me = self.embed(image, keep_map=True)
+        fill = np.full((h, w), IGNORE if s.unpainted == "ignore" else 0, dtype=np.int32)
+        dense = None
+        if s.unpainted == "dense" or return_probs:
+            assert me.feature_map is not None
+            dense = self._pixel_scores(me.feature_map, vocab, (h, w))
+            if s.unpainted == "dense":
+                fill = dense.argmax(0).numpy().astype(np.int32)
+        scores = self.class_scores(me.embeddings, vocab) if len(me.masks) else torch.zeros(vocab.num_classes, 0)
+        labels = paint(me.masks, me.levels, scores, fill)
+        return MethodOutput(labels, dense.numpy() if return_probs and dense is not None else None)
+
+
+def checkpoint_backbones(checkpoint: str) -> dict[str, str]:
+    from .classifier import TUSSClassifier
+
+    return TUSSClassifier.load(checkpoint, tensors=False).models
+
+
+def checkpoint_settings(checkpoint: str) -> dict[str, Any]:
+    from .classifier import TUSSClassifier
+
+    return TUSSClassifier.load(checkpoint, tensors=False).method_settings
 
 
 register_method(
     MethodSpec(
         "tuss",
-        "TUSS open-vocabulary: SAM level-aware masks, DBA-CLIP mask embeddings, text classifier, painting",
+        "TUSS: SAM level-aware masks, DBA-CLIP mask embeddings, text classifier or a fitted GLCC, painting",
         TUSSMethod,
         TUSSSettings(),
         ("clip", "sam"),
         "Yang & Gong, arXiv 2405.14294",
+        checkpoint_backbones=checkpoint_backbones,
+        checkpoint_settings=checkpoint_settings,
     )
 )

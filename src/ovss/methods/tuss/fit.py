@@ -1,0 +1,433 @@
+"""``ovss fit tuss``: the mask bank of a folder of images and the classifier of one supervision
+setting (METHODS.md §1.6).
+
+1. Mask bank (``OUT/bank``): per image, SAM masks (``NAME.masks.json``, written last: it marks the
+   image done) and their DBA-CLIP embeddings with pixel areas and levels (``NAME.safetensors``).
+   Built image by image, atomically; a re-run skips finished images; under torchrun each rank
+   builds its share and rank 0 fits once all are there.
+2. Seeds per mask: ``ovss`` / ``wsss`` the text classifier (WSSS: restricted to the image's tags
+   plus background); ``sss`` / ``fsss`` the fraction of each ground-truth class inside the mask.
+3. GLCC (:mod:`.glcc`) for wsss/sss/fsss. The reference tuned the LP weight and k̄ on the split
+   it reported; here, with pixel labels (sss, fsss), they are chosen on held-out labelled training
+   images (``heldout``), then the classifier is refit on everything. Without pixel labels (wsss)
+   the §1.5 defaults are used. ``lp_weight`` / ``k_bar`` given explicitly skip the selection.
+4. ``OUT/classifier.safetensors`` (for ``ovss segment --method tuss --classifier OUT``),
+   ``OUT/seeds/NAME.png`` (training images painted with the fitted training scores; 255 = no
+   mask: the WSSS pseudo-masks) and ``OUT/fit.json`` (every setting, counts, the selection table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import InputError
+from ...io import load_image, remove_stale_parts, save_image, write_json
+from ...jobs import dist_info, finished, my_shard
+from ...masks.maskset import MaskSet
+from ...metrics import ConfusionMatrix
+from ...ops.text import embed_queries
+from ...result import label_image
+from ...vocab import Vocabulary
+from .classifier import SETTINGS, TUSSClassifier
+from .glcc import GLCC, LPConfig, ProbeConfig, RoundConfig, glcc_config
+from .ov import IGNORE, TUSSMethod, paint
+
+BANK = "bank"
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What ``ovss fit tuss --set KEY=VALUE`` can change; None = the §1.5/§1.6 default of the setting."""
+
+    heldout: float = 0.2  # share of labelled images held out to choose lp_weight and k_bar (sss, fsss); 0 = off
+    lp_weights: tuple[float, ...] = (0.7, 0.9, 1.5, 2.0, 2.5, 3.0)  # the reference's sweep (§1.5 v)
+    k_bars: tuple[int, ...] = (12, 25, 50, 100)  # the reference's sweep (§1.5 iii)
+    lp_weight: float | None = None  # fixed: no selection (default 1.5)
+    k_bar: int | None = None  # fixed: no selection (default 12)
+    probe_iters: int | None = None  # base probe iterations before iter_factor (60k = VOC)
+    probe_warmup: int | None = None  # base warm-up iterations (6k = VOC)
+    iter_factor: float | None = None  # divides both (WSSS rounds 0.25, FSSS 0.5)
+    lp_k: int | None = None  # graph neighbours of the (first) LP
+    lp_alpha: float | None = None  # diffusion strength of the LP (0.9; SSS 0.8)
+    weighting: str | None = None  # inductive LP weighting: rigorous | l1
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0 <= self.heldout < 1:
+            raise InputError(f"heldout {self.heldout} must lie in [0, 1)")
+        if self.weighting not in (None, "rigorous", "l1"):
+            raise InputError(f"weighting {self.weighting!r} must be rigorous or l1")
+
+
+def fit_settings(overrides: dict[str, Any]) -> FitSettings:
+    known = {f.name for f in dataclasses.fields(FitSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(f"ovss fit tuss has no setting {unknown[0]!r}; settings: {', '.join(sorted(known))}")
+    settings = FitSettings(**overrides)
+    settings.validate()
+    return settings
+
+
+def glcc_for(setting: str, fs: FitSettings) -> GLCC:
+    """The GLCC of ``setting`` with the §1.6 defaults and the user's overrides."""
+    cfg = glcc_config(setting)  # type: ignore[arg-type]
+
+    def probe(p: ProbeConfig | None) -> ProbeConfig | None:
+        if p is None:
+            return None
+        changes = {"base_iters": fs.probe_iters, "base_warmup_iters": fs.probe_warmup, "iter_factor": fs.iter_factor,
+                   "seed": fs.seed}  # fmt: skip
+        return dataclasses.replace(p, **{k: v for k, v in changes.items() if v is not None})
+
+    def lp(c: LPConfig, first: bool) -> LPConfig:
+        changes = {"k": fs.lp_k if first else None, "alpha": fs.lp_alpha}
+        return dataclasses.replace(c, **{k: v for k, v in changes.items() if v is not None})
+
+    rounds = tuple(RoundConfig(lp(r.lp, i == 0), probe(r.probe)) for i, r in enumerate(cfg.rounds))
+    inductive = cfg.inductive
+    if fs.k_bar is not None:
+        inductive = dataclasses.replace(inductive, k_bar=fs.k_bar)
+    if fs.weighting is not None:
+        inductive = dataclasses.replace(inductive, weighting=fs.weighting)  # type: ignore[arg-type]
+    lp_weight = fs.lp_weight if fs.lp_weight is not None else cfg.lp_weight
+    return GLCC(dataclasses.replace(cfg, rounds=rounds, probe=probe(cfg.probe), inductive=inductive,
+                                    lp_weight=lp_weight))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# the mask bank
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bank:
+    stems: list[str]
+    embeddings: torch.Tensor  # (N, D) L2-normalised
+    areas: torch.Tensor  # (N,)
+    levels: torch.Tensor  # (N,)
+    offsets: list[int]  # masks of image i: offsets[i]:offsets[i + 1]
+    folder: Path
+
+    def rows(self, i: int) -> slice:
+        return slice(self.offsets[i], self.offsets[i + 1])
+
+    def masks(self, i: int) -> tuple[MaskSet, torch.Tensor]:
+        ms = MaskSet.from_json(self.folder / f"{self.stems[i]}.masks.json")
+        h, w = ms.image_size
+        return ms, torch.from_numpy(ms.masks()) if len(ms) else torch.zeros(0, h, w, dtype=torch.bool)
+
+
+def build_bank(method: TUSSMethod, paths: list[Path], stems: list[str], folder: Path, job: dict[str, Any],
+               progress: bool = True) -> int:  # fmt: skip
+    """Embed the masks of every image not yet in ``folder``; returns how many images failed."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from ...io import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(folder)
+    todo = [(p, s) for p, s in my_shard(list(zip(paths, stems))) if not finished(folder / f"{s}.masks.json", job,
+                                                                                   "info.job")]  # fmt: skip
+    failed = 0
+    for path, stem in tqdm(todo, desc="mask bank", unit="img", disable=not progress or len(todo) < 2, file=sys.stderr):
+        try:
+            image = load_image(path)
+        except InputError as e:
+            tqdm.write(f"ovss: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        with torch.no_grad():
+            me = method.embed(image)
+        tensors = {"embeddings": me.embeddings.float().contiguous(), "areas": me.areas.float().contiguous(),
+                   "levels": torch.tensor(me.levels, dtype=torch.int64)}  # fmt: skip
+        target = folder / f"{stem}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp))
+        me.maskset.info = {**me.maskset.info, "job": job, "source": str(path)}
+        me.maskset.save_json(folder / f"{stem}.masks.json")  # last: marks the image as done
+    return failed
+
+
+def wait_for_bank(stems: list[str], folder: Path, job: dict[str, Any], poll: float = 5.0) -> None:
+    """Rank 0 of a multi-process run waits until every rank has written its share."""
+    while missing := [s for s in stems if not finished(folder / f"{s}.masks.json", job, "info.job")]:
+        print(f"ovss: waiting for {len(missing)} images from other ranks (first: {missing[0]})", file=sys.stderr)
+        time.sleep(poll)
+
+
+def load_bank(stems: list[str], folder: Path) -> Bank:
+    from safetensors.torch import load_file
+
+    emb, areas, levels, offsets = [], [], [], [0]
+    for stem in stems:
+        t = load_file(str(folder / f"{stem}.safetensors"))
+        emb.append(t["embeddings"])
+        areas.append(t["areas"])
+        levels.append(t["levels"])
+        offsets.append(offsets[-1] + len(t["areas"]))
+    if offsets[-1] == 0:
+        raise InputError("SAM found no mask in any training image; check the images or the SAM model")
+    return Bank(list(stems), torch.cat(emb), torch.cat(areas), torch.cat(levels), offsets, folder)
+
+
+# --------------------------------------------------------------------------------------------
+# supervision: tags and labels
+# --------------------------------------------------------------------------------------------
+
+
+def read_tags(path: Path, paths: list[Path], stems: list[str], vocab: Vocabulary) -> list[list[int]]:
+    """Class indices per image from a JSON object {image file name: [class names]}."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: tags file not found") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({str(e)[:80]})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise InputError(f'{path}: expected a JSON object like {{"img1.jpg": ["cat", "sofa"]}}')
+    lookup = {w.lower(): c for c, words in enumerate(vocab.synonyms) for w in words}
+    lookup.update({n.lower(): c for c, n in enumerate(vocab.names)})
+    out = []
+    for p, stem in zip(paths, stems):
+        key = next((k for k in (p.name, str(stem), Path(stem).name, p.stem) if k in data), None)
+        if key is None:
+            raise InputError(f"{path}: no tags for {p.name}; every training image needs an entry (may be [])")
+        tags = []
+        for name in data[key]:
+            if not isinstance(name, str) or name.strip().lower() not in lookup:
+                raise InputError(f"{path}: tag {name!r} of {p.name} is not one of the classes; fix it or add the class")
+            tags.append(lookup[name.strip().lower()])
+        out.append(sorted(set(tags)))
+    return out
+
+
+def label_path(labels: Path, stem: str) -> Path | None:
+    p = labels / f"{stem}.png"
+    return p if p.is_file() else None
+
+
+def read_label(path: Path, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    from ...data.labels import read_label_png
+
+    label = read_label_png(path)
+    if label.shape != shape:
+        raise InputError(f"{path}: label is {label.shape[1]}x{label.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    bad = (label != IGNORE) & (label >= num_classes)
+    if bad.any():
+        raise InputError(f"{path}: label value {int(label[bad].max())} is not a class index (0-{num_classes - 1}, "
+                         "255 = ignore); labels index the classes in --vocab order, background first")  # fmt: skip
+    return label
+
+
+def votes(masks: torch.Tensor, label: np.ndarray, num_classes: int) -> torch.Tensor:
+    """(N, C): the fraction of each class among a mask's labelled pixels (255 ignored; §1.5 i)."""
+    lab = torch.from_numpy(label).long().flatten()
+    known = lab != IGNORE
+    onehot = F.one_hot(lab.clamp(max=num_classes - 1), num_classes).float() * known[:, None]
+    counts = masks.flatten(1).float() @ onehot
+    return counts / counts.sum(1, keepdim=True).clamp(min=1)
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+
+
+def class_text_embeddings(method: TUSSMethod, vocab: Vocabulary) -> torch.Tensor:
+    """(C, D): each class's queries (synonyms, background words) averaged; initialises the probe."""
+    q = embed_queries(method.clip, list(vocab.queries), method.templates)
+    qc = torch.tensor(vocab.query_class)
+    return F.normalize(torch.stack([q[qc == c].mean(0) for c in range(vocab.num_classes)]), dim=-1)
+
+
+def _miou(pred: list[np.ndarray], gt: list[np.ndarray], num_classes: int) -> float:
+    cm = ConfusionMatrix(num_classes)
+    for p, g in zip(pred, gt):
+        cm.update(p, g)
+    return float(cm.results("present")["mIoU"])
+
+
+def fit_tuss(
+    method: TUSSMethod,
+    paths: list[Path],
+    stems: list[str],
+    out: Path,
+    vocab: Vocabulary,
+    setting: str,
+    fs: FitSettings,
+    *,
+    tags: Path | None = None,
+    labels: Path | None = None,
+    job: dict[str, Any] | None = None,
+    models: dict[str, str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Build the bank and fit; returns the report written to ``OUT/fit.json`` (None on ranks > 0)."""
+    if setting not in SETTINGS:
+        raise InputError(f"unknown setting {setting!r}; use one of {', '.join(SETTINGS)}")
+    if setting == "wsss" and tags is None:
+        raise InputError("wsss needs image tags: --tags FILE (a JSON object {image name: [class names]})")
+    if setting in ("sss", "fsss") and labels is None:
+        raise InputError(f"{setting} needs pixel labels: --labels DIR (label PNGs named like the images)")
+    if labels is not None and not Path(labels).is_dir():
+        raise InputError(f"{labels}: not a folder of label PNGs")
+    if vocab.num_classes > IGNORE:
+        raise InputError(f"{vocab.num_classes} classes do not fit an 8-bit label PNG with 255 as ignore")
+    stems = [str(s) for s in stems]
+    tag_idx = read_tags(tags, paths, stems, vocab) if setting == "wsss" and tags is not None else None
+    label_files = [label_path(Path(labels), s) for s in stems] if labels is not None else None
+    if setting == "fsss" and label_files is not None and None in label_files:
+        first = stems[label_files.index(None)]
+        raise InputError(f"fsss needs a label for every image; {labels}/{first}.png is missing (or use --setting sss)")
+    if setting == "sss" and label_files is not None and not any(label_files):
+        raise InputError(f"{labels}: no label PNG matches a training image name (NAME.png for image NAME.jpg)")
+
+    start = time.perf_counter()
+    bank_job = {"bank": job or {}}
+    folder = out / BANK
+    failed = build_bank(method, paths, stems, folder, bank_job, progress)
+    if failed:
+        raise InputError(f"{failed} training image(s) unreadable; remove them and re-run (finished ones are kept)")
+    rank, world = dist_info()
+    if rank != 0:
+        return None
+    if world > 1:
+        wait_for_bank(stems, folder, bank_job)
+    bank = load_bank(stems, folder)
+    bank_seconds = time.perf_counter() - start
+    n_img, c = len(stems), vocab.num_classes
+
+    # per-mask supervision
+    seeds = torch.zeros(len(bank.areas), c)
+    candidates = None
+    label_maps: dict[int, np.ndarray] = {}
+    if setting in ("ovss", "wsss"):
+        candidates = torch.ones(len(bank.areas), c, dtype=torch.bool) if tag_idx is not None else None
+        for i in range(n_img):
+            cand = None
+            if tag_idx is not None:
+                cand = torch.zeros(c, dtype=torch.bool)
+                cand[tag_idx[i]] = True
+                if vocab.has_background:
+                    cand[0] = True
+                candidates[bank.rows(i)] = cand  # type: ignore[index]
+            seeds[bank.rows(i)] = method.text_scores(bank.embeddings[bank.rows(i)], vocab, cand).T
+    else:
+        assert label_files is not None
+        for i, lf in enumerate(label_files):
+            if lf is None:
+                continue
+            ms, masks = bank.masks(i)
+            label_maps[i] = read_label(lf, ms.image_size, c)
+            seeds[bank.rows(i)] = votes(masks, label_maps[i], c)
+
+    text = class_text_embeddings(method, vocab)
+    report: dict[str, Any] = {"setting": setting, "images": n_img, "masks": len(bank.areas),
+                              "fit_settings": dataclasses.asdict(fs)}  # fmt: skip
+    glcc = None
+    if setting != "ovss":
+        chosen = _select(bank, seeds, text, setting, fs, label_maps) if setting in ("sss", "fsss") else None
+        if chosen is not None:
+            report["selection"] = chosen
+            fs = dataclasses.replace(fs, lp_weight=chosen["lp_weight"], k_bar=chosen["k_bar"])
+        t0 = time.perf_counter()
+        glcc = glcc_for(setting, fs).fit(bank.embeddings, bank.areas, seeds, candidates=candidates,
+                                          text_embeddings=text)  # fmt: skip
+        report["fit_seconds"] = round(time.perf_counter() - t0, 2)
+        report["lp_weight"] = glcc.config.lp_weight
+        report["k_bar"] = glcc.lp_classifier.config.k_bar  # type: ignore[union-attr]
+        train_scores = glcc.train_scores
+    else:
+        train_scores = seeds
+    assert train_scores is not None
+
+    # the training images painted with their fitted scores (the WSSS pseudo-masks)
+    seeds_dir = out / "seeds"
+    cm = ConfusionMatrix(c) if label_maps else None
+    for i in range(n_img):
+        ms, masks = bank.masks(i)
+        scores = train_scores[bank.rows(i)].T
+        if candidates is not None:
+            scores = scores * candidates[bank.rows(i)].T
+        pred = paint(masks, [int(v) for v in bank.levels[bank.rows(i)]], scores,
+                     np.full(ms.image_size, IGNORE, dtype=np.int32))  # fmt: skip
+        save_image(seeds_dir / f"{stems[i]}.png", label_image(pred, c))
+        if cm is not None and i in label_maps:
+            cm.update(np.where(pred == IGNORE, 0, pred), label_maps[i])
+    if cm is not None:
+        report["train_seed_mIoU_on_labelled"] = round(float(cm.results("present")["mIoU"]), 2)
+
+    classifier = TUSSClassifier(setting, vocab, glcc, _embedding_settings(method), models or {},
+                                {**report, "job": job or {}})  # fmt: skip
+    classifier.save(out)
+    report["bank_seconds"] = round(bank_seconds, 2)
+    report["classifier"] = str(out / "classifier.safetensors")
+    write_json(out / "fit.json", {**report, "vocabulary": vocab.to_dict(), "models": models or {}, "job": job or {}})
+    return report
+
+
+def _embedding_settings(method: TUSSMethod) -> dict[str, Any]:
+    keys = ("short_side", "size_multiple", "window", "global_weight", "patches_see_cls", "templates", "logit_scale",
+            "gamma", "background_method", "background_power", "norm", "sam_preset", "precision")  # fmt: skip
+    return {k: getattr(method.settings, k) for k in keys}
+
+
+def _select(bank: Bank, seeds: torch.Tensor, text: torch.Tensor, setting: str, fs: FitSettings,
+            label_maps: dict[int, np.ndarray]) -> dict[str, Any] | None:  # fmt: skip
+    """Choose lp_weight and k_bar on held-out labelled images (never on the images reported)."""
+    if fs.heldout <= 0 or (fs.lp_weight is not None and fs.k_bar is not None):
+        return None
+    labelled = sorted(label_maps)
+    n_out = min(len(labelled) - 1, max(1, math.ceil(fs.heldout * len(labelled))))
+    if n_out < 1:
+        return None
+    gen = torch.Generator().manual_seed(fs.seed)
+    held = sorted(labelled[j] for j in torch.randperm(len(labelled), generator=gen)[:n_out].tolist())
+    out_rows = torch.zeros(len(bank.areas), dtype=torch.bool)
+    for i in held:
+        out_rows[bank.rows(i)] = True
+    if setting == "sss":  # held-out images stay in the graph, unlabelled
+        train = torch.ones_like(out_rows)
+        s = seeds.clone()
+        s[out_rows] = 0
+    else:  # fsss: every training mask is labelled, so the held-out images leave the training set
+        train = ~out_rows
+        s = seeds[train]
+    glcc = glcc_for(setting, dataclasses.replace(fs, k_bar=None, lp_weight=None)).fit(
+        bank.embeddings[train], bank.areas[train], s, text_embeddings=text
+    )
+    maps = [bank.masks(i) for i in held]
+    k_bars = [fs.k_bar] if fs.k_bar is not None else list(fs.k_bars)
+    weights = [fs.lp_weight] if fs.lp_weight is not None else list(fs.lp_weights)
+    table = []
+    lpc = glcc.lp_classifier
+    assert lpc is not None
+    for k_bar in k_bars:
+        lpc.config = dataclasses.replace(lpc.config, k_bar=k_bar)
+        parts = [glcc.predict_parts(bank.embeddings[bank.rows(i)]) for i in held]
+        for w in weights:
+            preds = []
+            for (ms, masks), (lp, probe), i in zip(maps, parts, held):
+                score = w * lp + probe
+                score = score.masked_fill((w * lp < glcc.config.suppress_eps) | (probe < glcc.config.suppress_eps), 0)
+                fill = np.zeros(ms.image_size, dtype=np.int32)
+                preds.append(paint(masks, [int(v) for v in bank.levels[bank.rows(i)]], score.T, fill))
+            table.append({"k_bar": k_bar, "lp_weight": w, "mIoU": round(_miou(preds, [label_maps[i] for i in held],
+                                                                                   seeds.shape[1]), 3)})  # fmt: skip
+    best = max(table, key=lambda r: r["mIoU"])  # first of equals: the sweep order
+    return {"heldout_images": [bank.stems[i] for i in held], "k_bar": best["k_bar"], "lp_weight": best["lp_weight"],
+            "heldout_mIoU": best["mIoU"], "table": table}  # fmt: skip
