@@ -328,6 +328,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             labels=Path(args.labels) if args.labels else None,
             dino=args.dino,
             checkpoint=args.checkpoint,
+            sam=args.sam,
         )
         report = run_eval(job)
         if report is None:  # not rank 0
@@ -404,6 +405,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark_settings(vocab: str) -> dict[str, Any]:
+    from .protocols import BENCHMARKS, resolve
+
+    return dict(resolve("tuss", vocab.strip()).settings) if vocab.strip() in BENCHMARKS else {}
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -418,7 +425,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     spec = get_method_spec(args.method)
     given = dict(args.set)
     fit_keys = {f.name for f in dataclasses.fields(FitSettings)}
-    method_settings = {k: v for k, v in given.items() if k not in fit_keys}
+    method_settings = _benchmark_settings(args.vocab)  # a benchmark vocabulary embeds as its eval protocol does
+    method_settings.update({k: v for k, v in given.items() if k not in fit_keys})
     if args.preset:
         method_settings["sam_preset"] = args.preset
     spec.make_settings(method_settings).validate()

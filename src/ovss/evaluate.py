@@ -114,6 +114,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
 
     from .api import Segmenter
     from .data import image_folder, open_dataset
+    from .methods import get_method_spec
 
     rank, world = dist_info()
     family = family_for(job.method, job.protocol) if job.method != GROUND_TRUTH else (job.protocol or "sclip")
@@ -128,7 +129,10 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     else:
         dataset = open_dataset(job.benchmark, job.root)
     vocab = benchmark_vocabulary(job, proto.background, dataset.num_classes)
-    settings = {**proto.settings, **job.overrides}
+    # a fitted checkpoint (tuss classifier) fixes how it embeds; the protocol fills in only the rest
+    spec = get_method_spec(job.method) if job.method != GROUND_TRUTH else None
+    recorded = spec.checkpoint_settings(job.checkpoint) if spec and job.checkpoint and spec.checkpoint_settings else {}
+    settings = {**{k: v for k, v in proto.settings.items() if k not in recorded}, **job.overrides}
 
     count = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     samples = [dataset[i] for i in range(count)]

@@ -124,7 +124,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "tuss": {  # the reference evaluates with AlchemyCat's gt-present mIoU
         "source": "PROTOCOL.md §4.2 (TUSS row), §9 families.tuss; METHODS.md §1.3-1.4",
-        "short_side": {"default": 448},
+        "short_side": {"default": 448, "cityscapes": 512},
+        # Cityscapes: windows 448 and 224 at stride window/2 mixed with momentum 0.5, no global view, CLS hidden
+        "window": {"default": (224, 56), "cityscapes": ((448, 224), (224, 112))},
+        "global_weight": {"default": 0.5, "cityscapes": 0.0},
+        "patches_see_cls": {"default": True, "cityscapes": False},
         "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
         "templates": {"default": "vild_14"},
         "metric": "present",
@@ -143,7 +147,8 @@ METHOD_FAMILY = {
 }
 
 METRIC_CONVENTIONS = ("union", "present")
-SETTING_KEYS = ("short_side", "window", "pad_to", "logit_scale", "prob_thd", "area_thd", "pamr_iterations", "templates")
+SETTING_KEYS = ("short_side", "window", "pad_to", "logit_scale", "prob_thd", "area_thd", "pamr_iterations", "templates",
+                "global_weight", "patches_see_cls")  # fmt: skip
 
 
 @dataclass(frozen=True)
