@@ -60,3 +60,66 @@ def test_real_photo_with_tiny_models(evaldata):
                          return_probs=True)  # fmt: skip
     assert result.labels.shape == result.probs.shape[1:] and result.probs.shape[0] == 4
     assert result.info["models"] == {"clip": "tiny-random", "sam": "tiny-random"}
+
+
+def _tiny_tuss(**settings):
+    torch.manual_seed(0)
+    return Segmenter("tuss", device="cpu", **settings)
+
+
+def test_several_windows_mix_with_momentum_half():
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    masks = torch.zeros(2, 48, 80, dtype=torch.bool)
+    masks[0, :, :40] = True
+    masks[1, 10:30, 30:70] = True
+    wins = [(48, 16), (32, 16), (16, 8)]
+
+    def emb(window):
+        return _tiny_tuss(short_side=48, window=window, global_weight=0.0).method.embedding_map(rgb, masks)
+
+    a, b, c = (emb(w) for w in wins)
+    mixed = emb(tuple(wins))
+    # running mixture m <- 0.5 m + 0.5 m_k: the last scale weighs 1/2, the first two 1/4 each
+    torch.testing.assert_close(mixed, 0.25 * a + 0.25 * b + 0.5 * c, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mixed, (a + b + c) / 3, atol=1e-4)  # not a plain mean
+
+
+def test_prompt_background_is_the_background_probability_to_the_alpha():
+    from ovss.ops.postprocess import class_probabilities
+    from ovss.ops.text import embed_queries
+    from ovss.vocab import build_vocabulary
+
+    vocab = build_vocabulary("cat; dog", ["background"])
+    pow_m = _tiny_tuss(background_method="pow", background_power=2.0).method
+    prompt = _tiny_tuss(background_method="prompt", background_power=0.25).method
+    text = embed_queries(pow_m.clip, list(vocab.queries), pow_m.templates)
+    emb = torch.nn.functional.normalize(text[[0, 1, 2, 0, 1]] + 0.5 * torch.randn(5, text.shape[1]), dim=-1)
+    raw = class_probabilities(text @ emb.T, torch.tensor(vocab.query_class), 3, 100.0)
+    got = prompt.text_scores(emb, vocab)
+    torch.testing.assert_close(got[0], raw[0] ** 0.25)
+    torch.testing.assert_close(got[1:], raw[1:])
+    torch.testing.assert_close(pow_m.text_scores(emb, vocab)[0], (1 - raw[1:].amax(0)) ** 2.0)
+
+
+def test_unpainted_pixels_can_be_ignored():
+    rgb = np.zeros((64, 64, 3), dtype=np.uint8)
+    rgb[:, :32] = PALETTE["red"]
+    rgb[:, 32:] = PALETTE["blue"]
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    kw = dict(clip=SyntheticCLIP(), device="cpu", templates="simple", short_side=64, window=None, global_weight=1.0)
+    out = Segmenter("tuss", sam=_Fixed([left], [2]), unpainted="ignore", **kw).segment(rgb, ["red", "blue"]).labels
+    assert (out[left] == 0).all() and (out[~left] == 255).all()
+    out = Segmenter("tuss", sam=_Fixed([left], [2]), unpainted="dense", **kw).segment(rgb, ["red", "blue"]).labels
+    assert (out[left] == 0).all() and (out[:, 40:] == 1).all()
+
+
+def test_cityscapes_protocol_uses_the_multiscale_view():
+    from ovss.protocols import resolve
+
+    city = resolve("tuss", "cityscapes").settings
+    assert city["short_side"] == 512 and city["window"] == ((448, 224), (224, 112))
+    assert city["global_weight"] == 0.0 and city["patches_see_cls"] is False
+    Segmenter("tuss", device="cpu", **city)  # the settings are valid for the method
+    voc = resolve("tuss", "voc21").settings
+    assert voc["window"] == (224, 56) and voc["global_weight"] == 0.5 and voc["short_side"] == 448
