@@ -10,6 +10,10 @@ import torch
 
 from ovss.testing.tuss_settings import compare_settings
 
+# random SAM weights score low: loose thresholds, a small grid and no crops, so tiny-random SAM finds masks
+SMOKE_SAM = ("sam_settings={'points_per_side': 8, 'crop_n_layers': 0, 'pred_iou_thresh': 0.5, "
+             "'stability_score_thresh': 0.05, 'stability_score_offset': 0.3, 'min_mask_region_area': 0}")  # fmt: skip
+
 
 def test_more_supervision_segments_better(tmp_path):
     torch.set_num_threads(1)
@@ -22,3 +26,31 @@ def test_more_supervision_segments_better(tmp_path):
     assert fs <= r["mask_oracle_test_mIoU"] + 0.1  # nobody beats painting each mask with its true class
     assert r["sss"]["selected_on_heldout"] and r["fsss"]["selected_on_heldout"]
     assert not r["wsss"]["selected_on_heldout"]  # no pixel labels: the fixed defaults
+
+
+def test_eval_harness_uses_a_fitted_classifier(evaldata, tmp_path, capsys):
+    import json
+    import shutil
+
+    from layouts import _voc
+    from ovss.cli import main
+
+    torch.set_num_threads(1)
+    _voc(evaldata, tmp_path / "data")
+    voc = tmp_path / "data" / "VOCdevkit" / "VOC2012"
+    train = tmp_path / "train"
+    train.mkdir()
+    for p in sorted((voc / "JPEGImages").glob("*.jpg"))[:3]:
+        shutil.copy(p, train / p.name)
+    fit = ["fit", "tuss", "--setting", "sss", "--images", str(train), "--labels", str(voc / "SegmentationClass"),
+           "--vocab", "voc21", "--out", str(tmp_path / "clf"), "--set", "probe_iters=20", "--set", "probe_warmup=2",
+           "--set", "lp_k=5", "--set", "heldout=0", "--set", "k_bar=3", "--set", "short_side=112",
+           "--set", SMOKE_SAM]  # fmt: skip
+    assert main(fit) == 0
+    code = main(["eval", "--method", "tuss", "--dataset", "voc21", "--root", str(tmp_path / "data"), "--limit", "2",
+                 "--classifier", str(tmp_path / "clf"), "--out", str(tmp_path / "run")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert report["settings"]["short_side"] == 112  # the classifier's embedding settings beat the protocol's 448
+    assert report["settings"]["window"] == [224, 56] and report["metric"] == "present"
+    assert str(tmp_path / "clf") in json.dumps(report)

@@ -194,7 +194,9 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
         "settings": dataclasses.asdict(segmenter.settings) if segmenter else settings,
         "overrides": job.overrides,
         "vocabulary": vocab.to_dict(),
-        "models": segmenter.backbone_names if segmenter else {},
+        "models": {**segmenter.backbone_names, **({"checkpoint": str(job.checkpoint)} if job.checkpoint else {})}
+        if segmenter
+        else {},
         "device": str(segmenter.device) if segmenter else None,
         "world_size": world,
         "ovss_version": __version__,

@@ -78,4 +78,6 @@ class TUSSClassifier:
 
 def _tuples(value: Any) -> Any:
     """JSON gives lists where the settings hold tuples (windows)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -382,7 +382,8 @@ def fit_tuss(
 
 def _embedding_settings(method: TUSSMethod) -> dict[str, Any]:
     keys = ("short_side", "size_multiple", "window", "global_weight", "patches_see_cls", "templates", "logit_scale",
-            "gamma", "background_method", "background_power", "norm", "sam_preset", "precision")  # fmt: skip
+            "gamma", "background_method", "background_power", "norm", "sam_preset", "sam_settings",
+            "precision")  # fmt: skip
     return {k: getattr(method.settings, k) for k in keys}
 
 

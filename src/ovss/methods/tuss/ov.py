@@ -58,6 +58,7 @@ class TUSSSettings:
     norm: bool = False  # per-class min-max of the foreground scores across one image's masks
     unpainted: str = "zero"  # zero (reference code) | dense (per-pixel classification) | ignore (255)
     sam_preset: str = "tuss"
+    sam_settings: dict[str, Any] | None = None  # mask-generator fields over the preset, e.g. {"points_per_side": 16}
     precision: str = "fp32"
     window_batch: int = 8
 
@@ -72,6 +73,10 @@ class TUSSSettings:
         get_templates(self.templates)
         if self.unpainted not in ("zero", "dense", "ignore"):
             raise InputError(f"unpainted {self.unpainted!r} must be zero, dense or ignore")
+        if self.sam_settings:
+            from ...masks.presets import make_settings
+
+            make_settings(self.sam_preset, **self.sam_settings)  # unknown fields and bad values fail here
         if self.background_method not in ("pow", "prompt"):
             raise InputError(f"background_method {self.background_method!r} must be pow or prompt")
         try:
@@ -124,8 +129,12 @@ class TUSSMethod(Method):
         self.clip = backbones["clip"]
         sam = backbones["sam"]
         # a ready mask generator (anything with .generate(image) -> MaskSet) is used as it is
-        self.generator = sam if hasattr(sam, "generate") else SamMaskGenerator(sam, preset=settings.sam_preset,
-                                                                              device=device)  # fmt: skip
+        if hasattr(sam, "generate"):
+            self.generator = sam
+        else:
+            self.generator = SamMaskGenerator(
+                sam, preset=settings.sam_preset, device=device, **(settings.sam_settings or {})
+            )
         self.templates = get_templates(settings.templates)
         self.classifier = None
         if checkpoint is not None:
