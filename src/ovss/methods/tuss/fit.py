@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,12 @@ def fit_tuss(
         if chosen is not None:
             report["selection"] = chosen
             fs = dataclasses.replace(fs, lp_weight=chosen["lp_weight"], k_bar=chosen["k_bar"])
+        first_k = glcc_for(setting, fs).config.rounds[0].lp.k
+        if setting != "fsss" and len(bank.areas) < 5 * first_k:
+            n = len(bank.areas)
+            warnings.warn(f"ovss: the bank has only {n} masks for k = {first_k} graph neighbours; label propagation "
+                          "will blur classes together (on a 97-mask test bank WSSS fell below OVSS). Add images or "
+                          f"lower k, e.g. --set lp_k={max(3, n // 15)}", stacklevel=2)  # fmt: skip
         t0 = time.perf_counter()
         glcc = glcc_for(setting, fs).fit(bank.embeddings, bank.areas, seeds, candidates=candidates,
                                           text_embeddings=text)  # fmt: skip
