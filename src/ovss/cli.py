@@ -294,12 +294,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def _segment_vocabulary(spec, args: argparse.Namespace):
     from .vocab import build_vocabulary
 
-    if args.classes is not None:
-        return build_vocabulary(args.classes, args.background)
+    fixed = None
     if spec.name == "tuss" and args.checkpoint:
         from .methods.tuss.classifier import TUSSClassifier
 
-        return TUSSClassifier.load(args.checkpoint, tensors=False).vocabulary
+        fixed = TUSSClassifier.load(args.checkpoint, tensors=False)
+    if args.classes is not None:
+        vocab = build_vocabulary(args.classes, args.background)
+        if fixed is not None:
+            fixed.check_vocabulary(vocab)
+        return vocab
+    if fixed is not None:
+        return fixed.vocabulary
     raise InputError('no class names given; pass them like --classes "cat; sofa, couch; plant"')
 
 
@@ -425,6 +431,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     spec = get_method_spec(args.method)
     given = dict(args.set)
     fit_keys = {f.name for f in dataclasses.fields(FitSettings)}
+    method_keys = {f.name for f in dataclasses.fields(spec.settings)}
+    unknown = sorted(set(given) - fit_keys - method_keys)
+    if unknown:
+        raise InputError(f"ovss fit tuss has no setting {unknown[0]!r}; fit settings: {', '.join(sorted(fit_keys))}; "
+                         f"method settings: {', '.join(sorted(method_keys))}")  # fmt: skip
     method_settings = _benchmark_settings(args.vocab)  # a benchmark vocabulary embeds as its eval protocol does
     method_settings.update({k: v for k, v in given.items() if k not in fit_keys})
     if args.preset:

@@ -234,6 +234,16 @@ def read_label(path: Path, shape: tuple[int, int], num_classes: int) -> np.ndarr
     return label
 
 
+def _oriented_size(image: Path) -> tuple[int, int]:
+    """(H, W) of an image as load_image returns it (EXIF rotation applied), from its header only."""
+    from PIL import Image
+
+    with Image.open(image) as im:
+        w, h = im.size
+        rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return (w, h) if rotated else (h, w)
+
+
 def votes(masks: torch.Tensor, label: np.ndarray, num_classes: int) -> torch.Tensor:
     """(N, C): the fraction of each class among a mask's labelled pixels (255 ignored; §1.5 i)."""
     lab = torch.from_numpy(label).long().flatten()
@@ -252,7 +262,12 @@ def class_text_embeddings(method: TUSSMethod, vocab: Vocabulary) -> torch.Tensor
     """(C, D): each class's queries (synonyms, background words) averaged; initialises the probe."""
     q = embed_queries(method.clip, list(vocab.queries), method.templates)
     qc = torch.tensor(vocab.query_class)
-    return F.normalize(torch.stack([q[qc == c].mean(0) for c in range(vocab.num_classes)]), dim=-1)
+    gen = torch.Generator().manual_seed(0)
+    rows = [
+        q[qc == c].mean(0) if bool((qc == c).any()) else torch.randn(q.shape[1], generator=gen)
+        for c in range(vocab.num_classes)
+    ]  # a class without queries (threshold background): a random start
+    return F.normalize(torch.stack(rows), dim=-1)
 
 
 def _miou(pred: list[np.ndarray], gt: list[np.ndarray], num_classes: int) -> float:
@@ -297,8 +312,13 @@ def fit_tuss(
     if setting == "sss" and label_files is not None and not any(label_files):
         raise InputError(f"{labels}: no label PNG matches a training image name (NAME.png for image NAME.jpg)")
 
+    if label_files is not None:  # bad labels fail now, not after hours of embedding
+        for path, lf in zip(paths, label_files):
+            if lf is not None:
+                read_label(lf, _oriented_size(path), vocab.num_classes)
     start = time.perf_counter()
-    bank_job = {"bank": job or {}}
+    # what the embeddings depend on, whatever the caller records: a re-run with other settings is refused
+    bank_job = {"bank": job or {}, "embedding": _embedding_settings(method), "models": _model_ids(method)}
     folder = out / BANK
     failed = build_bank(method, paths, stems, folder, bank_job, progress)
     if failed:
@@ -385,6 +405,13 @@ def fit_tuss(
     report["classifier"] = str(out / "classifier.safetensors")
     write_json(out / "fit.json", {**report, "vocabulary": vocab.to_dict(), "models": models or {}, "job": job or {}})
     return report
+
+
+def _model_ids(method: TUSSMethod) -> dict[str, Any]:
+    clip, gen = method.clip, method.generator
+    sam = getattr(gen, "sam", None)
+    return {"clip": getattr(clip, "fingerprint", None) or getattr(clip, "name", None),
+            "sam": getattr(sam, "name", None) or getattr(gen, "name", None)}  # fmt: skip
 
 
 def _embedding_settings(method: TUSSMethod) -> dict[str, Any]:

@@ -241,6 +241,8 @@ class TUSSMethod(Method):
     def segment(self, image: np.ndarray, vocab: Vocabulary, return_probs: bool = False) -> MethodOutput:
         h, w = image.shape[:2]
         s = self.settings
+        if self.classifier is not None:  # before any model runs, and whether or not SAM finds masks
+            self.classifier.check_vocabulary(vocab)
         me = self.embed(image, keep_map=True)
         fill = np.full((h, w), IGNORE if s.unpainted == "ignore" else 0, dtype=np.int32)
         dense = None
