@@ -81,7 +81,7 @@ def fit_settings(overrides: dict[str, Any]) -> FitSettings:
     return settings
 
 
-def glcc_for(setting: str, fs: FitSettings) -> GLCC:
+def glcc_for(setting: str, fs: FitSettings, progress: bool = False) -> GLCC:
     """The GLCC of ``setting`` with the §1.6 defaults and the user's overrides."""
     cfg = glcc_config(setting)  # type: ignore[arg-type]
 
@@ -104,7 +104,7 @@ def glcc_for(setting: str, fs: FitSettings) -> GLCC:
         inductive = dataclasses.replace(inductive, weighting=fs.weighting)  # type: ignore[arg-type]
     lp_weight = fs.lp_weight if fs.lp_weight is not None else cfg.lp_weight
     return GLCC(dataclasses.replace(cfg, rounds=rounds, probe=probe(cfg.probe), inductive=inductive,
-                                    lp_weight=lp_weight))  # fmt: skip
+                                    lp_weight=lp_weight), progress)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +372,7 @@ def fit_tuss(
                           "will blur classes together (on a 97-mask test bank WSSS fell below OVSS). Add images or "
                           f"lower k, e.g. --set lp_k={max(3, n // 15)}", stacklevel=2)  # fmt: skip
         t0 = time.perf_counter()
-        glcc = glcc_for(setting, fs).fit(bank.embeddings, bank.areas, seeds, candidates=candidates,
+        glcc = glcc_for(setting, fs, progress).fit(bank.embeddings, bank.areas, seeds, candidates=candidates,
                                           text_embeddings=text)  # fmt: skip
         report["fit_seconds"] = round(time.perf_counter() - t0, 2)
         report["lp_weight"] = glcc.config.lp_weight

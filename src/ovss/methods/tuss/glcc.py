@@ -413,6 +413,7 @@ class LinearProbe:
         soft_labels: torch.Tensor,
         areas: torch.Tensor | None = None,
         text_embeddings: torch.Tensor | None = None,
+        progress: bool = False,
     ) -> LinearProbe:
         """Train on masks with label mass; each row of ``soft_labels`` is L1-normalised first [our choice].
 
@@ -448,6 +449,7 @@ class LinearProbe:
         batch = min(cfg.batch_size, m)
         order = torch.randperm(m, generator=gen)
         pos = 0
+        bar = _bar(cfg.total_iters, "probe", progress)
         for it in range(cfg.total_iters):
             if pos + batch > m:  # reshuffle each epoch, dropping the incomplete last batch
                 order, pos = torch.randperm(m, generator=gen), 0
@@ -462,6 +464,8 @@ class LinearProbe:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            bar.update(1)
+        bar.close()
         self.weight = weight.detach()
         return self
 
@@ -496,8 +500,9 @@ class GLCC:
     >>> scores = glcc.predict(val_emb)          # (M, C) = w_LP · inductive LP + probe softmax
     """
 
-    def __init__(self, config: GLCCConfig | None = None) -> None:
+    def __init__(self, config: GLCCConfig | None = None, progress: bool = False) -> None:
         self.config = config or GLCCConfig()
+        self.progress = progress  # a progress bar for each probe fit
         self.probe: LinearProbe | None = None
         self.lp_classifier: LPClassifier | None = None
         self.train_scores: torch.Tensor | None = None  # seeded Y* of the last LP, (N, C)
@@ -547,7 +552,7 @@ class GLCC:
             lp_cfg = cfg.rounds[0].lp
             _, degree, k = LabelPropagator(lp_cfg).graph(embeddings)
             y_star = self._seed(y0, candidates)
-            self.probe = LinearProbe(cfg.probe).fit(embeddings, y0, areas, text_embeddings)
+            self.probe = LinearProbe(cfg.probe).fit(embeddings, y0, areas, text_embeddings, self.progress)
             self._set_inductive(embeddings, y_star, degree.float(), k, lp_cfg)
             return self
 
@@ -556,7 +561,7 @@ class GLCC:
             res = LabelPropagator(lp_cfg)(embeddings, y0)
             self.history.append(res)
             y_star = self._seed(res.scores, candidates)
-            self.probe = LinearProbe(cfg.probe).fit(embeddings, y_star, areas, text_embeddings)
+            self.probe = LinearProbe(cfg.probe).fit(embeddings, y_star, areas, text_embeddings, self.progress)
             self._set_inductive(embeddings, y_star, res.degree, res.k, lp_cfg)
             return self
 
@@ -572,11 +577,11 @@ class GLCC:
             y_star = self._seed(res.scores, candidates)
             if rnd.probe is not None:
                 soft = _masked_softmax(cfg.label_scale * y_star, candidates)
-                self.probe = LinearProbe(rnd.probe).fit(embeddings, soft, areas, text_embeddings)
+                self.probe = LinearProbe(rnd.probe).fit(embeddings, soft, areas, text_embeddings, self.progress)
                 y = self.probe.scores(embeddings, candidates)  # the next LP starts from the probe
         if self.probe is None:  # a chain without any probe: train the default one on the last LP
             soft = _masked_softmax(cfg.label_scale * y_star, candidates)
-            self.probe = LinearProbe(cfg.probe).fit(embeddings, soft, areas, text_embeddings)
+            self.probe = LinearProbe(cfg.probe).fit(embeddings, soft, areas, text_embeddings, self.progress)
         self._set_inductive(embeddings, y_star, res.degree, res.k, cfg.rounds[-1].lp)
         return self
 
@@ -627,6 +632,14 @@ class GLCC:
             raise InputError(f"not a complete GLCC state (missing or wrong {e}); refit with `ovss fit tuss`") from None
         glcc.train_scores = glcc.lp_classifier.y_star
         return glcc
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", disable=not enabled, mininterval=1.0, file=sys.stderr)
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:
