@@ -258,3 +258,17 @@ def test_wsss_next_lp_starts_from_probe_scores():
     second = LabelPropagator(lp2)(x, glcc.probe.scores(x, cand))
     torch.testing.assert_close(glcc.history[1].scores, second.scores)
     assert not torch.allclose(second.scores, LabelPropagator(lp2)(x, noisy * cand).scores)
+
+
+def test_one_knn_search_serves_graphs_of_smaller_k():
+    """The bootstrapping rounds share one search at the largest k: same LP as a search per graph."""
+    gen = torch.Generator().manual_seed(3)
+    emb = F.normalize(torch.randn(300, 16, generator=gen, dtype=torch.float64), dim=1)
+    seeds = torch.zeros(300, 4, dtype=torch.float64)
+    seeds[torch.arange(0, 300, 7), torch.arange(0, 300, 7) % 4] = 1.0
+    lp12 = LabelPropagator(LPConfig(k=12, knn_backend="torch"))
+    shared = LabelPropagator(LPConfig(k=50, knn_backend="torch")).neighbours(emb)
+    assert shared[0].shape == (300, 50)
+    torch.testing.assert_close(lp12(emb, seeds, shared).scores, lp12(emb, seeds).scores)
+    assert not torch.allclose(LabelPropagator(LPConfig(k=50, knn_backend="torch"))(emb, seeds).scores,
+                              lp12(emb, seeds).scores)  # fmt: skip

@@ -361,7 +361,9 @@ def fit_tuss(
                               "fit_settings": dataclasses.asdict(fs)}  # fmt: skip
     glcc = None
     if setting != "ovss":
-        chosen = _select(bank, seeds, text, setting, fs, label_maps) if setting in ("sss", "fsss") else None
+        # sss keeps the held-out images in the graph: the selection and the final fit share one kNN search
+        knn = glcc_for(setting, fs).neighbours(bank.embeddings) if setting == "sss" else None
+        chosen = _select(bank, seeds, text, setting, fs, label_maps, knn) if setting in ("sss", "fsss") else None
         if chosen is not None:
             report["selection"] = chosen
             fs = dataclasses.replace(fs, lp_weight=chosen["lp_weight"], k_bar=chosen["k_bar"])
@@ -373,7 +375,7 @@ def fit_tuss(
                           f"lower k, e.g. --set lp_k={max(3, n // 15)}", stacklevel=2)  # fmt: skip
         t0 = time.perf_counter()
         glcc = glcc_for(setting, fs, progress).fit(bank.embeddings, bank.areas, seeds, candidates=candidates,
-                                          text_embeddings=text)  # fmt: skip
+                                                    text_embeddings=text, knn=knn)  # fmt: skip
         report["fit_seconds"] = round(time.perf_counter() - t0, 2)
         report["lp_weight"] = glcc.config.lp_weight
         report["k_bar"] = glcc.lp_classifier.config.k_bar  # type: ignore[union-attr]
@@ -422,7 +424,7 @@ def _embedding_settings(method: TUSSMethod) -> dict[str, Any]:
 
 
 def _select(bank: Bank, seeds: torch.Tensor, text: torch.Tensor, setting: str, fs: FitSettings,
-            label_maps: dict[int, np.ndarray]) -> dict[str, Any] | None:  # fmt: skip
+            label_maps: dict[int, np.ndarray], knn=None) -> dict[str, Any] | None:  # fmt: skip
     """Choose lp_weight and k_bar on held-out labelled images (never on the images reported)."""
     if fs.heldout <= 0 or (fs.lp_weight is not None and fs.k_bar is not None):
         return None
@@ -443,7 +445,7 @@ def _select(bank: Bank, seeds: torch.Tensor, text: torch.Tensor, setting: str, f
         train = ~out_rows
         s = seeds[train]
     glcc = glcc_for(setting, dataclasses.replace(fs, k_bar=None, lp_weight=None)).fit(
-        bank.embeddings[train], bank.areas[train], s, text_embeddings=text
+        bank.embeddings[train], bank.areas[train], s, text_embeddings=text, knn=knn if setting == "sss" else None
     )
     maps = [bank.masks(i) for i in held]
     k_bars = [fs.k_bar] if fs.k_bar is not None else list(fs.k_bars)

@@ -296,14 +296,26 @@ class LabelPropagator:
     def __init__(self, config: LPConfig | None = None) -> None:
         self.config = config or LPConfig()
 
-    def graph(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(normalised sparse COO Ŵ, degree, k) over L2-normalised ``embeddings``."""
+    def neighbours(self, embeddings: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each mask's ``k`` (default: the config's) nearest other masks, sorted: (similarities, indices)."""
+        cfg = self.config
+        x = F.normalize(_real(embeddings), dim=1)
+        return knn_search(x, x, k or cfg.k, exclude_self=True, backend=cfg.knn_backend,
+                          chunk_elements=cfg.knn_chunk_elements)  # fmt: skip
+
+    def graph(
+        self, embeddings: torch.Tensor, knn: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(normalised sparse COO Ŵ, degree, k) over L2-normalised ``embeddings``.
+
+        ``knn``: neighbours from :meth:`neighbours` with at least ``k`` columns, searched once and
+        shared by graphs of smaller k (the bootstrapping rounds); the first k columns are used.
+        """
         cfg = self.config
         x = F.normalize(_real(embeddings), dim=1)
         n = x.shape[0]
-        sims, idx = knn_search(
-            x, x, cfg.k, exclude_self=True, backend=cfg.knn_backend, chunk_elements=cfg.knn_chunk_elements
-        )
+        sims, idx = knn if knn is not None else self.neighbours(embeddings)
+        sims, idx = sims[:, : cfg.k].to(x.dtype), idx[:, : cfg.k]
         k = sims.shape[1]
         w = sims.clamp_min(0).double() ** cfg.gamma  # negative cosine → no edge [our choice]
         rows = torch.arange(n, device=x.device).repeat_interleave(k)
@@ -323,11 +335,13 @@ class LabelPropagator:
         )
         return w_hat, degree, k
 
-    def __call__(self, embeddings: torch.Tensor, seeds: torch.Tensor) -> LPResult:
+    def __call__(
+        self, embeddings: torch.Tensor, seeds: torch.Tensor, knn: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> LPResult:
         """Propagate ``seeds`` (N, C; zero rows = unlabelled) over the graph of ``embeddings`` (N, D)."""
         if embeddings.shape[0] != seeds.shape[0]:
             raise InputError(f"{embeddings.shape[0]} embeddings but {seeds.shape[0]} seed rows")
-        w_hat, degree, k = self.graph(embeddings)
+        w_hat, degree, k = self.graph(embeddings, knn)
         alpha = self.config.alpha
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
@@ -529,6 +543,7 @@ class GLCC:
         candidates: torch.Tensor | None = None,
         text_embeddings: torch.Tensor | None = None,
         num_classes: int | None = None,
+        knn: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> GLCC:
         """Fit on all training masks.
 
@@ -536,7 +551,10 @@ class GLCC:
         hard labels with all-zero rows for unlabelled masks, or (N,) integer labels with −1 for
         none; ``candidates`` (N, C) bool restricts each mask's classes (WSSS image labels);
         ``text_embeddings`` (C, D) initialise the probe; ``num_classes`` sizes integer seeds (default:
-        the text embeddings' count, else the largest label + 1).
+        the text embeddings' count, else the largest label + 1). The kNN search over the masks is
+        the costly step: it runs once, at the largest k of the rounds, and every round's graph
+        takes its first k columns; ``knn`` (from :meth:`LabelPropagator.neighbours` with at least
+        that k) skips it altogether.
         """
         cfg = self.config
         if num_classes is None and text_embeddings is not None:
@@ -547,10 +565,14 @@ class GLCC:
             candidates = candidates.to(embeddings.device, torch.bool)
             y0 = y0 * candidates
         self.history = []
+        if not cfg.rounds:
+            raise InputError(f"the {cfg.setting} setting needs at least one round")
+        if knn is None or knn[0].shape[1] < min(max(r.lp.k for r in cfg.rounds), embeddings.shape[0] - 1):
+            knn = self.neighbours(embeddings)
 
         if cfg.setting == "fsss":
             lp_cfg = cfg.rounds[0].lp
-            _, degree, k = LabelPropagator(lp_cfg).graph(embeddings)
+            _, degree, k = LabelPropagator(lp_cfg).graph(embeddings, knn)
             y_star = self._seed(y0, candidates)
             self.probe = LinearProbe(cfg.probe).fit(embeddings, y0, areas, text_embeddings, self.progress)
             self._set_inductive(embeddings, y_star, degree.float(), k, lp_cfg)
@@ -558,7 +580,7 @@ class GLCC:
 
         if cfg.setting == "sss":
             lp_cfg = cfg.rounds[0].lp
-            res = LabelPropagator(lp_cfg)(embeddings, y0)
+            res = LabelPropagator(lp_cfg)(embeddings, y0, knn)
             self.history.append(res)
             y_star = self._seed(res.scores, candidates)
             self.probe = LinearProbe(cfg.probe).fit(embeddings, y_star, areas, text_embeddings, self.progress)
@@ -567,12 +589,10 @@ class GLCC:
 
         if cfg.setting != "wsss":
             raise InputError(f"unknown GLCC setting {cfg.setting!r}; use 'fsss', 'sss' or 'wsss'")
-        if not cfg.rounds:
-            raise InputError("the WSSS chain needs at least one round")
         y = y0
         y_star = res = None
         for rnd in cfg.rounds:
-            res = LabelPropagator(rnd.lp)(embeddings, y)
+            res = LabelPropagator(rnd.lp)(embeddings, y, knn)
             self.history.append(res)
             y_star = self._seed(res.scores, candidates)
             if rnd.probe is not None:
@@ -584,6 +604,11 @@ class GLCC:
             self.probe = LinearProbe(cfg.probe).fit(embeddings, soft, areas, text_embeddings, self.progress)
         self._set_inductive(embeddings, y_star, res.degree, res.k, cfg.rounds[-1].lp)
         return self
+
+    def neighbours(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kNN search every round of this GLCC can share (at the rounds' largest k)."""
+        rounds = self.config.rounds
+        return LabelPropagator(rounds[0].lp).neighbours(embeddings, max(r.lp.k for r in rounds))
 
     def _set_inductive(self, embeddings, y_star, degree, k, lp_cfg: LPConfig) -> None:
         self.train_scores = y_star

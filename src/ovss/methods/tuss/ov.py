@@ -154,7 +154,7 @@ class TUSSMethod(Method):
         h, w = keep_ratio_size(*image.shape[:2], s.short_side)
         h, w = -(-h // s.size_multiple) * s.size_multiple, -(-w // s.size_multiple) * s.size_multiple
         pixels = normalize(resize_image(image, (h, w)), clip.mean, clip.std)
-        small = F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest")[:, 0] > 0.5
+        small = F.interpolate(masks[:, None].to(torch.uint8), size=(h, w), mode="nearest")[:, 0] > 0  # 1 byte/pixel
         p = clip.patch_size
 
         def biased(batch: torch.Tensor, boxes) -> torch.Tensor:
