@@ -532,7 +532,7 @@ def glcc_part(args) -> dict:
     )
 
     # (ii) the LP solve on that graph (the real __call__, its graph step served from (i))
-    with patched((propagator, "graph", lambda _emb: graph)):
+    with patched((propagator, "graph", lambda _emb, _knn=None: graph)):
         start = time.perf_counter()
         res = propagator(emb, seeds)
         lp_s = time.perf_counter() - start

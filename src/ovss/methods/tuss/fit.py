@@ -386,7 +386,6 @@ def fit_tuss(
 
     # the training images painted with their fitted scores (the WSSS pseudo-masks)
     seeds_dir = out / "seeds"
-    cm = ConfusionMatrix(c) if label_maps else None
     for i in range(n_img):
         ms, masks = bank.masks(i)
         scores = train_scores[bank.rows(i)].T
@@ -395,10 +394,6 @@ def fit_tuss(
         pred = paint(masks, [int(v) for v in bank.levels[bank.rows(i)]], scores,
                      np.full(ms.image_size, IGNORE, dtype=np.int32))  # fmt: skip
         save_image(seeds_dir / f"{stems[i]}.png", label_image(pred, c))
-        if cm is not None and i in label_maps:
-            cm.update(np.where(pred == IGNORE, 0, pred), label_maps[i])
-    if cm is not None:
-        report["train_seed_mIoU_on_labelled"] = round(float(cm.results("present")["mIoU"]), 2)
 
     classifier = TUSSClassifier(setting, vocab, glcc, _embedding_settings(method), models or {},
                                 {**report, "job": job or {}})  # fmt: skip
