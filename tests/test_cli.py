@@ -12,20 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovss.cli import main
+from clirun import error_lines, run
 
 VOC = "vainf_voc_samples/samples"
 ADE = "ade20k_sceneparsing/sampleData/images"
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _errors(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("ovss: error:")]
 
 
 def test_segment_real_photos(tmp_path, capsys, evaldata):
@@ -122,7 +112,7 @@ def test_bad_images(tmp_path, capsys, case):
     out = tmp_path / "out"
     code, _, err = run(capsys, "segment", make(tmp_path), "-c", "cat", "--out", out)
     assert code == 2
-    errors = _errors(err)
+    errors = error_lines(err)
     assert len(errors) == 1 and message in errors[0], err
     assert "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
@@ -139,7 +129,7 @@ CLASS_CASES = {
 def test_bad_classes(tmp_path, capsys, evaldata, case):
     classes, message = CLASS_CASES[case]
     code, _, err = run(capsys, "segment", evaldata / VOC / "0_image.png", "-c", classes, "--out", tmp_path / "o")
-    assert code == 2 and message in _errors(err)[0] and len(_errors(err)) == 1
+    assert code == 2 and message in error_lines(err)[0] and len(error_lines(err)) == 1
     assert not (tmp_path / "o").exists()
 
 
@@ -155,7 +145,7 @@ def test_bad_classes(tmp_path, capsys, evaldata, case):
 )
 def test_bad_options(tmp_path, capsys, evaldata, args, message):
     code, _, err = run(capsys, "segment", evaldata / VOC / "0_image.png", "-c", "cat", "--out", tmp_path / "o", *args)
-    assert code == 2 and len(_errors(err)) == 1 and message in _errors(err)[0], err
+    assert code == 2 and len(error_lines(err)) == 1 and message in error_lines(err)[0], err
     assert not (tmp_path / "o").exists()
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clirun import error_lines, run
 from ovss import Segmenter
 from ovss.cli import _vocabulary_arg, main
 from ovss.errors import InputError
@@ -55,16 +56,6 @@ NAMES = ["red", "green", "blue", "yellow", "white"]
 SCENE_KW = dict(size=(96, 128), classes=NAMES, n_regions=3, noise=10, texture=5)
 METHOD_KW = dict(templates="simple", short_side=160, window=(96, 32))
 FAST = dict(probe_iters=50, probe_warmup=5, lp_k=5)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _errors(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("ovss: error:")]
 
 
 def _counting_embed(monkeypatch) -> list[tuple[int, ...]]:
@@ -145,7 +136,7 @@ def voc(module_env, tmp_path_factory, evaldata):
 def test_fit_cli_on_real_photos_then_segment_with_the_classifier(voc, setting, tmp_path, capsys):
     code, err = voc.runs[setting]
     assert code == 0, err
-    assert _errors(err) == [] and "Traceback" not in err
+    assert error_lines(err) == [] and "Traceback" not in err
     out = voc.work / setting
     report = json.loads((out / "fit.json").read_text())
     bank = load_bank(list(PHOTOS), out / "bank")
@@ -229,7 +220,7 @@ def test_fit_cli_resumes_only_the_unfinished_image(voc, tmp_path, capsys, monkey
     assert code == 0 and calls == [], err
     # other method settings into the same folder: refused rather than mixed with the old embeddings
     code, _, err = run(capsys, *argv, "--set", "short_side=160")
-    assert code == 2 and "other classes or settings" in _errors(err)[0] and len(_errors(err)) == 1, err
+    assert code == 2 and "other classes or settings" in error_lines(err)[0] and len(error_lines(err)) == 1, err
 
 
 def _write_tags(d: Path, data) -> Path:
@@ -345,7 +336,7 @@ def test_bad_fit_input(voc, tmp_path, capsys, case):
     code, _, err = run(capsys, "fit", "tuss", "--setting", setting, "--images", voc.images, "--vocab", "voc21",
                        "--out", out, *FIT_ARGS, *extra(voc, tmp_path))  # fmt: skip
     assert code == 2
-    errors = _errors(err)
+    errors = error_lines(err)
     assert len(errors) == 1 and message in errors[0], err
     assert "Traceback" not in err
     assert not (out / "classifier.safetensors").exists() and not (out / "fit.json").exists()
@@ -390,7 +381,7 @@ def test_bad_classifier(voc, tmp_path, capsys, case):
     code, _, err = run(capsys, "segment", voc.images / "0_image.png", "--method", "tuss", "--classifier",
                        make(tmp_path), "--out", seg_out, "--device", "cpu", *extra)  # fmt: skip
     assert code == 2
-    errors = _errors(err)
+    errors = error_lines(err)
     assert len(errors) == 1 and message in errors[0], err
     assert "Traceback" not in err
     assert not seg_out.exists() or not any(seg_out.glob("*.png"))
@@ -402,7 +393,7 @@ def test_segment_refuses_other_classes_than_the_classifiers(voc, tmp_path, capsy
     code, _, err = run(capsys, "segment", voc.images / "0_image.png", "--method", "tuss", "--classifier",
                        voc.work / "sss", "--classes", "cat; dog", "--out", seg_out, "--device", "cpu")  # fmt: skip
     assert code == 2
-    assert "this classifier was fitted for the classes background; aeroplane" in _errors(err)[0], err
+    assert "this classifier was fitted for the classes background; aeroplane" in error_lines(err)[0], err
     assert "Traceback" not in err
     assert not seg_out.exists() or not any(seg_out.glob("*.png"))
     # the classifier's own classes, given explicitly, are accepted
@@ -420,7 +411,7 @@ def test_segment_other_classes_is_one_error_before_any_image(voc, tmp_path, caps
                        "--classifier", voc.work / "sss", "--classes", "cat; dog", "--out", tmp_path / "seg",
                        "--device", "cpu")  # fmt: skip
     assert code == 2
-    assert len(_errors(err)) == 1, err
+    assert len(error_lines(err)) == 1, err
     assert calls == []
 
 

@@ -82,3 +82,21 @@ def finished(marker: Path, job: dict[str, Any], field: str = "job") -> bool:
     if previous != json.loads(json.dumps(job, default=str)):
         raise InputError(f"{marker} was made with other classes or settings; pass --overwrite or choose another --out")
     return True
+
+
+def stream_images(todo: Sequence[tuple[Path, Any]], desc: str, progress: bool = True):
+    """Yield ``(path, stem, image)`` for each item with a progress bar; an image that cannot be read
+    prints one error line and comes as ``None``, so the job goes on with the others."""
+    import sys
+
+    from tqdm import tqdm
+
+    from .io import load_image
+
+    for path, stem in tqdm(todo, desc=desc, unit="img", disable=not progress or len(todo) < 2, file=sys.stderr):
+        try:
+            image = load_image(path)
+        except InputError as e:
+            tqdm.write(f"ovss: error: {e}", file=sys.stderr)
+            image = None
+        yield path, stem, image

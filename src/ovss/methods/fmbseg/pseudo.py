@@ -222,14 +222,12 @@ def run_pseudo_labels(
     """Stream images through stage 1: NAME.png (labels, 255 = ignore) and NAME.json (tags, masks,
     scores) per image, written atomically with the JSON last; finished images are skipped, and
     under torchrun/accelerate each rank takes its share."""
-    import sys
     from pathlib import Path
 
     from PIL import Image
-    from tqdm import tqdm
 
-    from ...io import load_image, remove_stale_parts, save_image, write_json
-    from ...jobs import finished, my_shard
+    from ...io import remove_stale_parts, save_image, write_json
+    from ...jobs import finished, my_shard, stream_images
     from .train import VOCAB_FILE
 
     out = Path(out)
@@ -246,12 +244,8 @@ def run_pseudo_labels(
     shard = my_shard(list(zip(paths, stems)))
     todo = [(p, s) for p, s in shard if overwrite or not finished((out / s).with_suffix(".json"), job)]
     done = failed = 0
-    for path, stem in tqdm(todo, desc="pseudo-label", unit="img", disable=not progress or len(todo) < 2,
-                           file=sys.stderr):  # fmt: skip
-        try:
-            image = load_image(path)
-        except InputError as e:
-            tqdm.write(f"ovss: error: {e}", file=sys.stderr)
+    for path, stem, image in stream_images(todo, "pseudo-label", progress):
+        if image is None:
             failed += 1
             continue
         label, record = labeler(image, vocab)

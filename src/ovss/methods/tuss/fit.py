@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ...io import load_image, remove_stale_parts, save_image, write_json
-from ...jobs import dist_info, finished, my_shard
+from ...io import remove_stale_parts, save_image, write_json
+from ...jobs import dist_info, finished, my_shard, stream_images
 from ...masks.maskset import MaskSet
 from ...metrics import ConfusionMatrix
 from ...ops.text import embed_queries
@@ -134,7 +134,6 @@ def build_bank(method: TUSSMethod, paths: list[Path], stems: list[str], folder: 
                progress: bool = True) -> int:  # fmt: skip
     """Embed the masks of every image not yet in ``folder``; returns how many images failed."""
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     from ...io import atomic_path
 
@@ -143,11 +142,8 @@ def build_bank(method: TUSSMethod, paths: list[Path], stems: list[str], folder: 
     todo = [(p, s) for p, s in my_shard(list(zip(paths, stems))) if not finished(folder / f"{s}.masks.json", job,
                                                                                    "info.job")]  # fmt: skip
     failed = 0
-    for path, stem in tqdm(todo, desc="mask bank", unit="img", disable=not progress or len(todo) < 2, file=sys.stderr):
-        try:
-            image = load_image(path)
-        except InputError as e:
-            tqdm.write(f"ovss: error: {e}", file=sys.stderr)
+    for path, stem, image in stream_images(todo, "mask bank", progress):
+        if image is None:
             failed += 1
             continue
         with torch.no_grad():
