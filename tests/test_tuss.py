@@ -121,5 +121,6 @@ def test_cityscapes_protocol_uses_the_multiscale_view():
     assert city["short_side"] == 512 and city["window"] == ((448, 224), (224, 112))
     assert city["global_weight"] == 0.0 and city["patches_see_cls"] is False
     Segmenter("tuss", device="cpu", **city)  # the settings are valid for the method
-    voc = resolve("tuss", "voc21").settings
-    assert voc["window"] == (224, 56) and voc["global_weight"] == 0.5 and voc["short_side"] == 448
+    voc = resolve("tuss", "voc21")
+    assert voc.settings["window"] == (224, 56) and voc.settings["global_weight"] == 0.5
+    assert voc.settings["short_side"] == 448 and len(voc.background) == 25 and "railroad" in voc.background

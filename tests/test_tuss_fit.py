@@ -50,7 +50,7 @@ LOOSE_SETTINGS = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_sco
                   "box_nms_thresh": 1.0, "stability_at": "low"}  # fmt: skip
 FIT_ARGS = ["--device", "cpu", "--preset", LOOSE, "--set", "short_side=224", "--set", "probe_iters=50",
             "--set", "probe_warmup=5"]  # fmt: skip
-VOC21 = _vocabulary_arg("voc21", None)
+VOC21 = _vocabulary_arg("voc21", None, family="tuss")  # TUSS's 25 VOC background words
 
 NAMES = ["red", "green", "blue", "yellow", "white"]
 SCENE_KW = dict(size=(96, 128), classes=NAMES, n_regions=3, noise=10, texture=5)

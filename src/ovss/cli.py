@@ -347,8 +347,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _vocabulary_arg(value: str, background: str | None):
-    """A benchmark key gives its class names and protocol background; anything else is a class list."""
+def _vocabulary_arg(value: str, background: str | None, family: str = "sclip"):
+    """A benchmark key gives its class names and the ``family`` protocol's background; anything else is a class list."""
     from .protocols import BENCHMARKS
     from .vocab import build_vocabulary
 
@@ -357,7 +357,7 @@ def _vocabulary_arg(value: str, background: str | None):
         from .protocols import resolve
 
         names = benchmark_class_names(value.strip())
-        bg = resolve("sclip", value.strip()).background
+        bg = resolve(family, value.strip()).background
         if bg != "none":
             names = names[1:]
         return build_vocabulary(list(names), bg if bg != "none" else None, allow_overlap=True)
@@ -442,7 +442,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         method_settings["sam_preset"] = args.preset
     spec.make_settings(method_settings).validate()
     fs = fit_settings({k: v for k, v in given.items() if k in fit_keys})
-    vocab = _vocabulary_arg(args.vocab, args.background)
+    vocab = _vocabulary_arg(args.vocab, args.background, family="tuss")
     out = Path(args.out)
     paths, stems, unreadable = plan_images(args.images, out, DEFAULT_MAX_PIXELS)
     if unreadable:

@@ -18,6 +18,13 @@ BENCHMARKS = ("voc21", "pc60", "coco_object", "voc20", "pc59", "coco_stuff171", 
 # Benchmarks whose class 0 is "background" and is predicted (PROTOCOL.md §2).
 WITH_BACKGROUND = ("voc21", "pc60", "coco_object")
 
+# TUSS's VOC "dust-bin" background words (METHODS.md §1.4), queried as class 0 by the pow rule.
+TUSS_VOC_BACKGROUND_25 = (
+    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
+    "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley",
+    "bridge", "sign",
+)  # fmt: skip
+
 FAMILIES: dict[str, dict[str, Any]] = {
     "sclip": {  # LaVG identical
         "source": "PROTOCOL.md §4.2 (SCLIP row), §4.3, §9 families.sclip",
@@ -129,7 +136,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "window": {"default": (224, 56), "cityscapes": ((448, 224), (224, 112))},
         "global_weight": {"default": 0.5, "cityscapes": 0.0},
         "patches_see_cls": {"default": True, "cityscapes": False},
-        "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
+        # VOC: TUSS's own 25 words; COCO-Object: its 23 words are not in METHODS.md, SCLIP's 26 stand in
+        "background": {
+            "default": "none",
+            "voc21": list(TUSS_VOC_BACKGROUND_25),
+            "coco_object": "words",
+            "pc60": ["background"],
+        },
         "templates": {"default": "vild_14"},
         "metric": "present",
     },
