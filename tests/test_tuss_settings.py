@@ -54,3 +54,44 @@ def test_eval_harness_uses_a_fitted_classifier(evaldata, tmp_path, capsys):
     assert report["settings"]["short_side"] == 112  # the classifier's embedding settings beat the protocol's 448
     assert report["settings"]["window"] == [224, 56] and report["metric"] == "present"
     assert str(tmp_path / "clf") in json.dumps(report)
+
+
+def test_two_ranks_share_the_bank_and_rank0_fits(tmp_path, monkeypatch):
+    """Under torchrun each rank embeds its share; rank 0 waits for all of them, then fits once."""
+    import json
+
+    from ovss import Segmenter
+    from ovss.jobs import output_stems
+    from ovss.methods.tuss.fit import fit_settings, fit_tuss
+    from ovss.methods.tuss.ov import TUSSMethod
+    from ovss.testing import make_dataset, write_dataset
+    from ovss.testing.tuss_settings import CLASSES, drifted_world
+    from ovss.vocab import build_vocabulary
+
+    torch.set_num_threads(1)
+    scenes = make_dataset(5, seed=3, size=(96, 128), classes=list(CLASSES), n_regions=3)
+    root = write_dataset(scenes, tmp_path / "data")
+    paths = sorted((root / "images").glob("*.png"))
+    stems = [str(s) for s in output_stems(paths, [root / "images"])]
+    clip, sam = drifted_world()
+    vocab = build_vocabulary("; ".join(CLASSES))
+    embedded: list[int] = []
+    real_embed = TUSSMethod.embed
+    monkeypatch.setattr(
+        TUSSMethod, "embed", lambda self, image, **kw: embedded.append(1) or real_embed(self, image, **kw)
+    )
+    fs = fit_settings({"probe_iters": 20, "probe_warmup": 2, "lp_k": 3, "k_bar": 2})
+
+    def fit(rank: int):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        method = Segmenter("tuss", clip=clip, sam=sam, device="cpu", templates="simple", short_side=96,
+                           window=(64, 32)).method  # fmt: skip
+        return fit_tuss(method, paths, stems, tmp_path / "out", vocab, "sss", fs, labels=root / "labels",
+                        progress=False)  # fmt: skip
+
+    assert fit(1) is None and len(embedded) == 2  # rank 1: images 1 and 3, no fit
+    assert not (tmp_path / "out" / "classifier.safetensors").exists()
+    report = fit(0)  # rank 0: images 0, 2, 4, then the fit over all five
+    assert len(embedded) == 5 and report is not None and report["images"] == 5
+    assert json.loads((tmp_path / "out" / "fit.json").read_text())["masks"] == report["masks"]
