@@ -367,8 +367,8 @@ def fit_tuss(
         if setting != "fsss" and len(bank.areas) < 5 * first_k:
             n = len(bank.areas)
             warnings.warn(f"ovss: the bank has only {n} masks for k = {first_k} graph neighbours; label propagation "
-                          "will blur classes together (on a 97-mask test bank WSSS fell below OVSS). Add images or "
-                          f"lower k, e.g. --set lp_k={max(3, n // 15)}", stacklevel=2)  # fmt: skip
+                          "will blur classes together (on a 97-mask test bank WSSS fell from 60.7 to 33.1 mIoU). Add "
+                          "images or diffuse less: --set lp_alpha=0.5 (66.2 there)", stacklevel=2)  # fmt: skip
         t0 = time.perf_counter()
         glcc = glcc_for(setting, fs, progress).fit(bank.embeddings, bank.areas, seeds, candidates=candidates,
                                                     text_embeddings=text, knn=knn)  # fmt: skip
