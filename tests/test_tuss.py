@@ -124,3 +124,54 @@ def test_cityscapes_protocol_uses_the_multiscale_view():
     voc = resolve("tuss", "voc21")
     assert voc.settings["window"] == (224, 56) and voc.settings["global_weight"] == 0.5
     assert voc.settings["short_side"] == 448 and len(voc.background) == 25 and "railroad" in voc.background
+
+
+def _reference_map(method, image, masks):
+    """The DBA-CLIP map as composed from the shared pieces: global forward + ops.windows.slide."""
+    import torch.nn.functional as F
+
+    from ovss.ops.dba import discrimination_bias
+    from ovss.ops.resize import normalize, resize_image
+    from ovss.ops.windows import slide
+
+    s, clip = method.settings, method.clip
+    h, w = method.resized_size(*image.shape[:2])
+    pixels = normalize(resize_image(image, (h, w)), clip.mean, clip.std)
+    small = F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest")[:, 0] > 0.5
+
+    def fn(batch, boxes):
+        grid = (batch.shape[-2] // clip.patch_size, batch.shape[-1] // clip.patch_size)
+        bias = torch.stack([discrimination_bias(small[:, a:b, c:d], grid, patches_see_cls=s.patches_see_cls)
+                            for a, b, c, d in boxes])  # fmt: skip
+        return clip.dense_features(batch, "sclip", bias=bias).float()
+
+    whole = F.interpolate(fn(pixels[None], [(0, h, 0, w)]), size=(h, w), mode="bilinear", align_corners=False)[0]
+    mix = None
+    for window in s.windows():
+        m = slide(pixels, fn, window, 4, with_boxes=True)
+        mix = m if mix is None else 0.5 * mix + 0.5 * m
+    return whole if mix is None else s.global_weight * whole + (1 - s.global_weight) * mix
+
+
+def test_pooled_embeddings_equal_pooling_the_map():
+    """The bank's route (mask weights pushed down to every view's patch grid) gives the numbers of
+    upsampling every view, averaging, mixing and pooling (METHODS.md §1.3), without the map."""
+    from ovss.masks.pooling import mask_pool
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (70, 101, 3), dtype=np.uint8)
+    masks = torch.zeros(4, 70, 101, dtype=torch.bool)
+    masks[0, :40, :60] = True
+    masks[1, 30:, 50:] = True
+    masks[2] = torch.from_numpy(rng.random((70, 101)) > 0.7)  # scattered pixels
+    # masks[3] stays empty: pools to zeros
+    for settings in (dict(short_side=64, window=(32, 16)),
+                     dict(short_side=64, window=((48, 16), (32, 16)), global_weight=0.0, patches_see_cls=False),
+                     dict(short_side=48, window=None, global_weight=1.0)):  # fmt: skip
+        method = _tiny_tuss(**settings).method
+        fmap = method.embedding_map(rgb, masks)
+        torch.testing.assert_close(fmap, _reference_map(method, rgb, masks), atol=1e-5, rtol=1e-5)
+        expected, area = mask_pool(fmap, masks, mode="upsample")
+        got, got_area = method.pooled_embeddings(rgb, masks)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        assert torch.equal(area, got_area) and (got[3] == 0).all()

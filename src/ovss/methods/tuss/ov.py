@@ -31,9 +31,9 @@ from ...masks.maskset import MaskSet
 from ...masks.pooling import mask_pool
 from ...ops.dba import discrimination_bias
 from ...ops.postprocess import class_probabilities
-from ...ops.resize import keep_ratio_size, normalize, resize_image, upsample_rows
+from ...ops.resize import bilinear_matrix, keep_ratio_size, normalize, resize_image, upsample_rows
 from ...ops.text import embed_queries
-from ...ops.windows import slide
+from ...ops.windows import window_grid
 from ...templates import get_templates
 from ...vocab import Vocabulary
 from ..base import Method, MethodOutput, MethodSpec, register_method
@@ -148,45 +148,111 @@ class TUSSMethod(Method):
         return None if self.classifier is None else self.classifier.vocabulary
 
     # -- DBA-CLIP embeddings
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """§1.3: short side to ``short_side``, both sides rounded up to ``size_multiple``."""
+        s = self.settings
+        h, w = keep_ratio_size(height, width, s.short_side)
+        return -(-h // s.size_multiple) * s.size_multiple, -(-w // s.size_multiple) * s.size_multiple
+
     def embedding_map(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
         """DBA-CLIP ``(D, h, w)`` map at the resized size (global and sliding views combined)."""
+        h, w = self.resized_size(*image.shape[:2])
+        out: torch.Tensor | None = None
+        for views, weight, boxes in self._views(image, masks, (h, w)):
+            if boxes is None:
+                m = F.interpolate(views, size=(h, w), mode="bilinear", align_corners=False)[0]
+            else:  # windows upsampled to their pixels and averaged where they overlap
+                total, count = torch.zeros(views[0][1].shape[0], h, w), torch.zeros(1, h, w)
+                for (y1, y2, x1, x2), f in views:
+                    total[:, y1:y2, x1:x2] += F.interpolate(f[None], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                            align_corners=False)[0]  # fmt: skip
+                    count[:, y1:y2, x1:x2] += 1
+                m = total / count
+            out = weight * m if out is None else out + weight * m
+        assert out is not None
+        return out
+
+    def pooled_embeddings(self, image: np.ndarray, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask_pool(embedding_map(image, masks), masks)`` without building the map.
+
+        Upsampling, window averaging, the view mixture and pooling are all linear, so each mask's
+        pixel weights are carried down to every view's patch grid instead (bilinear matrices),
+        and each view's patch features are pooled there: the same numbers up to float rounding,
+        without the (D, h, w) map or the 512-channel upsampling of every window.
+        """
+        big_h, big_w = masks.shape[-2:]
+        h, w = self.resized_size(big_h, big_w)
+        n = masks.shape[0]
+        areas = masks.flatten(1).sum(1).float()
+        # each mask's weight on every resized pixel: what mask_pool's bilinear upsampling gives it
+        my, mx = bilinear_matrix(big_h, h), bilinear_matrix(big_w, w)
+        weights = torch.zeros(n, h, w)
+        for a in range(0, n, 64):
+            weights[a : a + 64] = my.T @ masks[a : a + 64].float() @ mx
+        out = torch.zeros(n, 0)
+
+        def pool(part: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:  # (n, y, x) weights, (D, gy, gx) cells
+            by, bx = bilinear_matrix(part.shape[-2], feats.shape[-2]), bilinear_matrix(part.shape[-1], feats.shape[-1])
+            return (by.T @ part @ bx).flatten(1) @ feats.flatten(1).T
+
+        def add(term: torch.Tensor) -> None:
+            nonlocal out
+            out = term if out.shape[1] == 0 else out + term
+
+        for views, weight, scale in self._views(image, masks, (h, w)):
+            if scale is None:  # the global view
+                add(weight * pool(weights, views[0]))
+                continue
+            count = torch.zeros(h, w)
+            for y1, y2, x1, x2 in scale:
+                count[y1:y2, x1:x2] += 1
+            shared = weights / count
+            for (y1, y2, x1, x2), feats in views:
+                add(weight * pool(shared[:, y1:y2, x1:x2], feats))
+        return out / areas.clamp(min=1)[:, None], areas
+
+    def _views(self, image: np.ndarray, masks: torch.Tensor, size: tuple[int, int]):
+        """Yield (patch features, weight in the final map, window boxes or None for the global view)."""
         s, clip = self.settings, self.clip
-        h, w = keep_ratio_size(*image.shape[:2], s.short_side)
-        h, w = -(-h // s.size_multiple) * s.size_multiple, -(-w // s.size_multiple) * s.size_multiple
+        h, w = size
         pixels = normalize(resize_image(image, (h, w)), clip.mean, clip.std)
-        small = F.interpolate(masks[:, None].to(torch.uint8), size=(h, w), mode="nearest")[:, 0] > 0  # 1 byte/pixel
+        small = F.interpolate(masks[:, None].to(torch.uint8), size=(h, w), mode="nearest")[:, 0] > 0
         p = clip.patch_size
 
         def biased(batch: torch.Tensor, boxes) -> torch.Tensor:
             grid = (batch.shape[-2] // p, batch.shape[-1] // p)
             bias = torch.stack([discrimination_bias(small[:, y1:y2, x1:x2], grid, patches_see_cls=s.patches_see_cls)
                                 for y1, y2, x1, x2 in boxes])  # fmt: skip
-            return clip.dense_features(batch.to(self.device), "sclip", bias=bias.to(self.device)).float()
+            return clip.dense_features(batch.to(self.device), "sclip", bias=bias.to(self.device)).float().cpu()
 
-        views: torch.Tensor | None = None
         with autocast(self.device, s.precision):
             if s.global_weight > 0:
-                whole = biased(pixels[None], [(0, h, 0, w)])
-                views = F.interpolate(whole, size=(h, w), mode="bilinear", align_corners=False)[0].cpu()
+                yield biased(pixels[None], [(0, h, 0, w)]), s.global_weight, None
             if s.global_weight < 1:
-                sliding = None
-                for window in s.windows():  # several window sizes: running mixture with momentum 0.5
-                    m = slide(pixels, biased, window, s.window_batch, with_boxes=True)
-                    sliding = m if sliding is None else 0.5 * sliding + 0.5 * m
-                assert sliding is not None
-                views = sliding if views is None else s.global_weight * views + (1 - s.global_weight) * sliding
-        assert views is not None
-        return views
+                windows = s.windows()
+                for k, window in enumerate(windows):  # running mixture m <- 0.5 m + 0.5 m_k, as weights
+                    mix = 0.5 ** (len(windows) - 1) if k == 0 else 0.5 ** (len(windows) - k)
+                    boxes = window_grid(h, w, *window)
+                    feats = []
+                    for a in range(0, len(boxes), s.window_batch):
+                        chunk = boxes[a : a + s.window_batch]
+                        crops = torch.stack([pixels[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+                        feats.extend(zip(chunk, biased(crops, chunk)))
+                    yield feats, (1 - s.global_weight) * mix, boxes
 
     def embed(self, image: np.ndarray, keep_map: bool = False) -> MaskEmbeddings:
-        """SAM masks of ``image`` and one L2-normalised DBA-CLIP embedding per mask."""
+        """SAM masks of ``image`` and one L2-normalised DBA-CLIP embedding per mask; ``keep_map``
+        also returns the DBA-CLIP map (for per-pixel scores), otherwise it is never built."""
         h, w = image.shape[:2]
         maskset = self.generator.generate(image)
         masks = torch.from_numpy(maskset.masks()) if len(maskset) else torch.zeros(0, h, w, dtype=torch.bool)
-        fmap = self.embedding_map(image, masks)
-        pooled, areas = mask_pool(fmap, masks, mode="upsample")
-        return MaskEmbeddings(maskset, masks, F.normalize(pooled, dim=-1), areas, mask_levels(maskset),
-                              fmap if keep_map else None)  # fmt: skip
+        fmap = None
+        if keep_map:
+            fmap = self.embedding_map(image, masks)
+            pooled, areas = mask_pool(fmap, masks, mode="upsample")
+        else:
+            pooled, areas = self.pooled_embeddings(image, masks)
+        return MaskEmbeddings(maskset, masks, F.normalize(pooled, dim=-1), areas, mask_levels(maskset), fmap)
 
     # -- classification
     def text_scores(
@@ -243,7 +309,7 @@ class TUSSMethod(Method):
         s = self.settings
         if self.classifier is not None:  # before any model runs, and whether or not SAM finds masks
             self.classifier.check_vocabulary(vocab)
-        me = self.embed(image, keep_map=True)
+        me = self.embed(image, keep_map=s.unpainted == "dense" or return_probs)
         fill = np.full((h, w), IGNORE if s.unpainted == "ignore" else 0, dtype=np.int32)
         dense = None
         if s.unpainted == "dense" or return_probs:
