@@ -6,8 +6,10 @@ with the ``tuss`` preset (32x32 points + 1 crop layer of 16x16, min area 100, le
 containment filter), then DBA-CLIP ViT-B/16 over a global view and 224/56 windows (640x480 ->
 448x608: 1 + 40 views) and mask pooling. Seconds per 640x480 photo, split into SAM and
 DBA-CLIP + pooling. Baselines: (a) SAM's ``exact`` preset (32x32 points, no crops) on the same
-image with the same thresholds; (b) plain SCLIP (the same views, resize and averaging, no mask
-bias) for the DBA-CLIP map, i.e. what the mask bias costs.
+image with the same thresholds; (b) the map route (``embedding_map`` at pixel resolution, then
+``mask_pool``; what the bank did before ``pooled_embeddings``, and still what per-pixel scores
+use) against the bank route, with their largest relative difference; (c) plain SCLIP (the same
+views, resize and averaging, no mask bias) for the DBA-CLIP map, i.e. what the mask bias costs.
 
 Random SAM predicts IoUs and stabilities in level-dependent ranges (level 0 ~0.75, level 1 ~1.0,
 level 2 ~0.3 on an 8x8 grid), so one threshold would keep whole levels or none. As bench/amg.py
@@ -230,7 +232,6 @@ def bank(args) -> dict:
     from dense_clip import full_size_clip
     from ovss import Segmenter
     from ovss.masks import SamBackbone, SamMaskGenerator
-    from ovss.masks.pooling import mask_pool
     from ovss.methods.tuss import ov
     from ovss.ops.resize import keep_ratio_size
     from ovss.ops.windows import window_grid
@@ -274,9 +275,8 @@ def bank(args) -> dict:
         with (
             torch.no_grad(),
             patched(
-                (method, "embedding_map", t.wrap("dba_map", method.embedding_map)),
+                (method, "pooled_embeddings", t.wrap("dba_pooled", method.pooled_embeddings)),
                 (ov, "discrimination_bias", t.wrap("bias_build", ov.discrimination_bias)),
-                (ov, "mask_pool", t.wrap("pooling", mask_pool)),
                 (tuss_gen, "generate", sam_step),
             ),
         ):
@@ -288,9 +288,8 @@ def bank(args) -> dict:
             "embed_seconds": total,
             "sam_seconds": sam_parts["total"],
             "sam_parts": sam_parts,
-            "dba_clip_seconds": t.seconds["dba_map"],
+            "dba_clip_pooled_seconds": t.seconds["dba_pooled"],
             "bias_build_seconds": t.seconds["bias_build"],
-            "pooling_seconds": t.seconds["pooling"],
             "clip_plus_pooling_seconds": total - sam_parts["total"],
             "masks": len(me.masks),
             "masks_per_level": [int(sum(1 for v in me.levels if v == lv)) for lv in range(3)],
@@ -299,8 +298,9 @@ def bank(args) -> dict:
             f"image {i}: embed {total:.1f} s = SAM tuss {sam_parts['total']:.1f} s "
             f"({sam_parts['encoder_passes']} encoder passes {sam_parts.get('encoder', 0):.1f} s, small regions "
             f"{sam_parts.get('small_regions', 0):.1f} s, containment {sam_parts.get('containment', 0):.1f} s) + "
-            f"DBA-CLIP {row['dba_clip_seconds']:.1f} s (bias {row['bias_build_seconds']:.1f} s) + pooling "
-            f"{row['pooling_seconds']:.1f} s; {row['masks']} masks {row['masks_per_level']} by level"
+            f"DBA-CLIP pooled per mask {row['dba_clip_pooled_seconds']:.1f} s "
+            f"(bias {row['bias_build_seconds']:.1f} s); "
+            f"{row['masks']} masks {row['masks_per_level']} by level"
         )
         if not args.skip_sam_baseline:
             with torch.no_grad():
@@ -317,17 +317,20 @@ def bank(args) -> dict:
             row.update(steps)
             m = args.synthetic_masks
             per_image = sam_parts["total"] + sum(
-                steps[k]
-                for k in ("small_regions_seconds", "containment_seconds", "dba_clip_seconds_m", "pooling_seconds_m")
+                steps[k] for k in ("small_regions_seconds", "containment_seconds", "bank_route_seconds_m")
             )
             row["seconds_per_image_with_m_masks"] = per_image
+            route = steps["bank_route_seconds_m"] / (steps["dba_clip_seconds_m"] + steps["pooling_seconds_m"])
             line += (
                 f"\n  with {m} masks ({steps['synthetic_levels']} by level; random SAM's NMS leaves "
-                f"{row['masks']}): DBA-CLIP {steps['dba_clip_seconds_m']:.1f} s vs baseline plain SCLIP (same views, "
-                f"no mask bias) {steps['sclip_seconds']:.1f} s -> DBA-CLIP/SCLIP "
-                f"{steps['dba_clip_seconds_m'] / steps['sclip_seconds']:.2f} (best of {args.repeats}); pooling "
-                f"{steps['pooling_seconds_m']:.2f} s, small-region clean-up {steps['small_regions_seconds']:.2f} s, "
-                f"containment {steps['containment_seconds']:.2f} s -> about {per_image:.0f} s per image"
+                f"{row['masks']}), best of {args.repeats}: bank route (pooled on each view's patch grid) "
+                f"{steps['bank_route_seconds_m']:.1f} s vs baseline map route (DBA-CLIP map "
+                f"{steps['dba_clip_seconds_m']:.1f} s + pooling {steps['pooling_seconds_m']:.2f} s) -> {route:.2f} "
+                f"(max relative difference {steps['bank_route_max_rel_diff']}); "
+                f"DBA-CLIP map vs plain SCLIP map (same views, no mask bias) {steps['sclip_seconds']:.1f} s -> "
+                f"{steps['dba_clip_seconds_m'] / steps['sclip_seconds']:.2f}; small-region clean-up "
+                f"{steps['small_regions_seconds']:.2f} s, containment {steps['containment_seconds']:.2f} s -> about "
+                f"{per_image:.0f} s per image"
             )
         print(line, flush=True)
         rows.append(row)
@@ -351,6 +354,7 @@ def bank(args) -> dict:
         "synthetic_masks": args.synthetic_masks,
         "seconds_per_image_with_synthetic_masks": mean("seconds_per_image_with_m_masks"),
         "dba_clip_seconds_with_synthetic_masks": mean("dba_clip_seconds_m"),
+        "bank_route_seconds_with_synthetic_masks": mean("bank_route_seconds_m"),
         "baseline_plain_sclip_seconds": mean("sclip_seconds"),
         "ratio_dba_clip_over_plain_sclip": None,
         "baseline_note": "SAM: the exact preset on the same image, same calibrated thresholds; DBA-CLIP: plain SCLIP "
@@ -413,8 +417,7 @@ def mask_count_steps(method, clip, image: np.ndarray, m: int, repeats: int) -> d
     amg.containment_filter(masks, levels, s.containment_thresh if s.containment_thresh is not None else 0.3)
     out["containment_seconds"] = time.perf_counter() - start
     empty = torch.zeros(0, *image.shape[:2], dtype=torch.bool)
-    sclip = dba = math.inf
-    fmap = None
+    sclip = dba = bank_route = pooling = math.inf
     with torch.no_grad():
         for _ in range(repeats):  # alternating, best of each: the CPU may be shared
             with patched((method, "clip", NoBiasCLIP(clip))):
@@ -424,11 +427,18 @@ def mask_count_steps(method, clip, image: np.ndarray, m: int, repeats: int) -> d
             start = time.perf_counter()
             fmap = method.embedding_map(image, masks)
             dba = min(dba, time.perf_counter() - start)
-        start = time.perf_counter()
-        mask_pool(fmap, masks, mode="upsample")
-        out["pooling_seconds_m"] = time.perf_counter() - start
+            start = time.perf_counter()
+            mapped, _ = mask_pool(fmap, masks, mode="upsample")
+            pooling = min(pooling, time.perf_counter() - start)
+            del fmap
+            start = time.perf_counter()
+            pooled, _ = method.pooled_embeddings(image, masks)
+            bank_route = min(bank_route, time.perf_counter() - start)
     out["sclip_seconds"] = sclip
     out["dba_clip_seconds_m"] = dba
+    out["pooling_seconds_m"] = pooling
+    out["bank_route_seconds_m"] = bank_route
+    out["bank_route_max_rel_diff"] = f"{float(((pooled - mapped).norm(dim=1) / mapped.norm(dim=1)).max()):.1e}"
     return out
 
 
