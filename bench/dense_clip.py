@@ -38,20 +38,27 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def full_size_clip():
+# (text width, text heads, vision width, vision layers, vision heads, patch, projection) of OpenAI's CLIPs
+CLIP_ARCHS = {"B/16": (512, 8, 768, 12, 12, 16, 512), "L/14": (768, 12, 1024, 24, 16, 14, 768)}
+
+
+def full_size_clip(arch: str = "B/16"):
+    """A CLIP of the full-size architecture with random weights (speed does not depend on them)."""
     from transformers import CLIPConfig, CLIPModel
 
     from ovss.models.clip import CLIPBackbone, _byte_level_tokenizer
 
+    tw, th, vw, vl, vh, patch, proj = CLIP_ARCHS[arch]
     config = CLIPConfig(
-        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+        text_config=dict(hidden_size=tw, intermediate_size=4 * tw, num_hidden_layers=12, num_attention_heads=th,
                          vocab_size=514, bos_token_id=512, eos_token_id=513, pad_token_id=513),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=16),
-        projection_dim=512,
+        vision_config=dict(hidden_size=vw, intermediate_size=4 * vw, num_hidden_layers=vl, num_attention_heads=vh,
+                           image_size=224, patch_size=patch),
+        projection_dim=proj,
     )  # fmt: skip
     torch.manual_seed(0)
-    return CLIPBackbone(CLIPModel(config), _byte_level_tokenizer(), "clip-vit-b16-random")
+    name = "clip-vit-" + arch.lower().replace("/", "") + "-random"
+    return CLIPBackbone(CLIPModel(config), _byte_level_tokenizer(), name)
 
 
 def test_image() -> np.ndarray:

@@ -36,22 +36,6 @@ VOC = ("aeroplane; bicycle; bird; boat; bottle; bus; car; cat; chair; cow; dinin
        "person; potted plant; sheep; sofa; train; tv monitor")  # fmt: skip
 
 
-def clip_vit_l14():
-    from transformers import CLIPConfig, CLIPModel
-
-    from ovss.models.clip import CLIPBackbone, _byte_level_tokenizer
-
-    config = CLIPConfig(
-        text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                         vocab_size=514, bos_token_id=512, eos_token_id=513, pad_token_id=513),
-        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                           image_size=224, patch_size=14),
-        projection_dim=768,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return CLIPBackbone(CLIPModel(config), _byte_level_tokenizer(), "clip-vit-l14-random")
-
-
 def dinov2(size: str):
     from transformers import Dinov2Config, Dinov2Model
 
@@ -155,7 +139,9 @@ def main() -> None:
     parser.add_argument("--dinos", default="small,large")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, random weights, full-size architectures")
-    clip = clip_vit_l14()
+    from dense_clip import full_size_clip
+
+    clip = full_size_clip("L/14")
     if not args.skip_stage1:
         stage1(clip, args.presets.split(","))
     with tempfile.TemporaryDirectory() as tmp:
