@@ -1,6 +1,6 @@
 """ovss: open-vocabulary semantic segmentation with vision foundation models."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .api import Segmenter
 from .errors import InputError, ModelLoadError, OvssError

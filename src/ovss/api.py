@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .device import resolve_device
 from .io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .methods import get_method_spec

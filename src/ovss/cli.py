@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .data.cli import add_data_parser
 from .errors import InputError, OvssError
 from .masks.cli import add_masks_parser
@@ -420,7 +420,7 @@ def _benchmark_settings(vocab: str) -> dict[str, Any]:
 def cmd_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from . import __version__
+    from ._version import __version__
     from .api import Segmenter
     from .io import DEFAULT_MAX_PIXELS
     from .jobs import plan_images

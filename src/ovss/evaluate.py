@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import InputError
 from .io import atomic_path, load_image, write_json
 from .jobs import dist_info

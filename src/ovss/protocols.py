@@ -148,6 +148,15 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
 }
 
+def register_family(name: str, table: dict[str, Any]) -> None:
+    """Add a protocol family from a method package (same shape as the entries of ``FAMILIES``)."""
+    if name in FAMILIES:
+        raise ValueError(f"protocol family {name!r} is registered twice")
+    if "source" not in table or "metric" not in table:
+        raise ValueError(f"protocol family {name!r} needs 'source' and 'metric'")
+    FAMILIES[name] = table
+
+
 # The family each registered method is evaluated under unless --protocol says otherwise.
 METHOD_FAMILY = {
     "sclip": "sclip",

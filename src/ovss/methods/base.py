@@ -6,9 +6,10 @@ uint8 image plus a :class:`Vocabulary` to a label map (and class probabilities o
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,13 +40,42 @@ class Method:
 
 
 @dataclass(frozen=True)
+class Command:
+    """A subcommand a method contributes (``ovss train|fit|pseudo-label --method NAME``).
+
+    ``add_arguments`` adds the method's own options to the parser the CLI made (which already has
+    ``--method``, ``--out``, the backbone options, ``--device`` and ``--set``); ``run`` does the job
+    and returns the exit code. Errors are raised as ``InputError``; the CLI prints them.
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# Tiers for comparisons (ANCHORS.md §3): what supervision stands behind a method's models.
+TIERS = {
+    "A": "CLIP only",
+    "B": "CLIP plus label-free DINO/SAM",
+    "C": "label-trained mask generators or unlabeled retrieval banks",
+    "D": "supervised concept segmenter (trained on human concept masks, not annotation-free)",
+    "trained": "trained by ovss from unlabeled data (no human annotation)",
+}
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     description: str
-    factory: Callable[[dict[str, Any], Any, torch.device], Method]
+    factory: Callable[..., Method]
     settings: Any  # a dataclass instance holding this method's defaults
     needs: tuple[str, ...]
     reference: str = ""
+    family: str = "sclip"  # the protocol family it is evaluated under unless --protocol says otherwise
+    tier: str = "A"  # a key of TIERS
+    checkpoint: str = "none"  # "none" (refused), "optional" or "required"
+    commands: Mapping[str, Command] = field(default_factory=dict)  # "train", "fit", "pseudo-label"
+    loaders: Mapping[str, str] = field(default_factory=dict)  # backbone role -> loader kind, e.g. {"sam": "sam3"}
     # For methods with a trained checkpoint: the backbone names it records (used when not given).
     checkpoint_backbones: Callable[[str], dict[str, str]] | None = None
     # The method settings a checkpoint was fitted with: defaults under the caller's own settings.

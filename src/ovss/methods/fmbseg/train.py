@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ... import __version__
+from ..._version import __version__
 from ...errors import InputError
 from ...io import IMAGE_SUFFIXES, load_image, write_json
 from ...losses import LOSSES, loss_by_name
