@@ -1,7 +1,6 @@
 """ovss: open-vocabulary semantic segmentation with vision foundation models."""
 
 from ._version import __version__
-
 from .api import Segmenter
 from .errors import InputError, ModelLoadError, OvssError
 from .methods import available_methods

@@ -148,6 +148,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
 }
 
+
 def register_family(name: str, table: dict[str, Any]) -> None:
     """Add a protocol family from a method package (same shape as the entries of ``FAMILIES``)."""
     if name in FAMILIES:
