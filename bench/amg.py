@@ -4,7 +4,7 @@
 Protocol: full-size SAM ViT-B architecture (transformers ``SamConfig`` defaults: width 768, 12
 layers, 1024 input) with random weights from ``ovss.masks.sam.randomize_sam``, on a 640x480
 photo (ADE_val_00000001 resized). Meta's generator runs on the same weights (key mapping in
-``ovss.masks.convert``). Each configuration runs in its own process, so its peak RSS is its own.
+``ovss.models.sam_convert``). Each configuration runs in its own process, so its peak RSS is its own.
 
 Random weights make IoU predictions and stability scores land in other ranges than real SAM's,
 so that the filters do realistic work the IoU head's output bias is raised by 1.0 and the
@@ -62,7 +62,7 @@ def test_image() -> np.ndarray:
 def vit_b_sam():
     from transformers import SamConfig, SamModel
 
-    from ovss.masks.sam import randomize_sam
+    from ovss.models.sam import randomize_sam
 
     torch.manual_seed(0)
     # Meta's decoder LayerNorms use eps 1e-5 (transformers' SamConfig says 1e-6): same architecture.
@@ -75,7 +75,7 @@ def vit_b_sam():
 def hiera_tiny_sam2():
     from transformers import Sam2Config, Sam2Model
 
-    from ovss.masks.sam import randomize_sam
+    from ovss.models.sam import randomize_sam
 
     torch.manual_seed(0)
     model = randomize_sam(Sam2Model(Sam2Config()), seed=0)  # Sam2Config() is the Hiera-tiny architecture
@@ -117,7 +117,7 @@ def run_one(spec: str, thresholds: dict[str, float], out: Path, repeats: int) ->
     if spec == "meta":
         from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
-        from ovss.masks.convert import hf_to_meta_state_dict
+        from ovss.models.sam_convert import hf_to_meta_state_dict
 
         meta = sam_model_registry["vit_b"]()
         meta.load_state_dict(hf_to_meta_state_dict(vit_b_sam().state_dict()))

@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/huggingface_hub are imported
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# No weights can be downloaded here: the tests ask for the small random models explicitly this way
+# (ovss's own defaults are real hub ids; tests/test_contract.py checks them without this variable).
+os.environ.setdefault("OVSS_DEFAULT_MODEL", "tiny-random")
 
 from pathlib import Path
 

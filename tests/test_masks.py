@@ -29,9 +29,10 @@ from ovss.masks import (
     mask_pool,
     refine_labels,
 )
-from ovss.masks.convert import hf_to_meta_state_dict, meta_to_hf_state_dict
 from ovss.masks.decoder import SamCropState
-from ovss.masks.sam import build_tiny_sam, sam_image_embedding, sam_pixels, save_tiny_sam
+from ovss.masks.sam import sam_image_embedding, sam_pixels
+from ovss.models.sam import build_tiny_sam, save_tiny_sam
+from ovss.models.sam_convert import hf_to_meta_state_dict, meta_to_hf_state_dict
 
 PHOTO = "ade20k_sceneparsing/sampleData/images/ADE_val_00000001.jpg"
 LOOSE = dict(pred_iou_thresh=0.5, stability_score_thresh=0.05, stability_score_offset=0.3)

@@ -121,9 +121,14 @@ def test_cityscapes_protocol_uses_the_multiscale_view():
     assert city["short_side"] == 512 and city["window"] == ((448, 224), (224, 112))
     assert city["global_weight"] == 0.0 and city["patches_see_cls"] is False
     Segmenter("tuss", device="cpu", **city)  # the settings are valid for the method
+    from ovss.methods import get_method_spec
+    from ovss.methods.settings import resolve_settings
+
     voc = resolve("tuss", "voc21")
-    assert voc.settings["window"] == (224, 56) and voc.settings["global_weight"] == 0.5
-    assert voc.settings["short_side"] == 448 and len(voc.background) == 25 and "railroad" in voc.background
+    assert "window" not in voc.settings  # the family holds only what differs from TUSSSettings
+    settings = resolve_settings(get_method_spec("tuss"), benchmark="voc21").settings
+    assert settings.window == (224, 56) and settings.global_weight == 0.5
+    assert settings.short_side == 448 and len(voc.background) == 25 and "railroad" in voc.background
 
 
 def _reference_map(method, image, masks):

@@ -22,7 +22,8 @@ from PIL import Image
 
 from clirun import error_lines, run
 from ovss import Segmenter
-from ovss.cli import _vocabulary_arg, main
+from ovss.cli import main
+from ovss.vocab import vocabulary_for as _vocabulary_arg
 from ovss.errors import InputError
 from ovss.masks.maskset import MaskSet
 from ovss.masks.presets import PRESETS, Preset
@@ -144,7 +145,7 @@ def test_fit_cli_on_real_photos_then_segment_with_the_classifier(voc, setting, t
     assert report["masks"] == len(bank.areas) > 0
     assert report["models"] == {"clip": "tiny-random", "sam": "tiny-random"}
     assert report["vocabulary"] == VOC21.to_dict()
-    assert report["classifier"] == str(out / "classifier.safetensors")
+    assert report["classifier"] == str(out) and (out / "config.json").is_file()
     for stem in PHOTOS:
         seeds = Image.open(out / "seeds" / f"{stem}.png")
         assert seeds.size == Image.open(voc.images / f"{stem}.png").size
@@ -169,7 +170,7 @@ def test_fit_cli_on_real_photos_then_segment_with_the_classifier(voc, setting, t
         assert "selection" not in report
 
     # segment with the classifier, classes left out: its classes and its recorded settings
-    target = out / "classifier.safetensors" if setting == "fsss" else out  # the file itself works too
+    target = out / "model.safetensors" if setting == "fsss" else out  # the file itself works too
     seg_out = tmp_path / "seg"
     code, _, err = run(capsys, "segment", voc.images / "23_image.png", "--method", "tuss", "--classifier", target,
                        "--out", seg_out, "--device", "cpu", "--no-overlay")  # fmt: skip
@@ -180,7 +181,7 @@ def test_fit_cli_on_real_photos_then_segment_with_the_classifier(voc, setting, t
     summary = json.loads((seg_out / "23_image.json").read_text())
     assert summary["classes"] == list(VOC21.names)
     assert summary["settings"]["short_side"] == 224 and summary["settings"]["sam_preset"] == LOOSE
-    assert summary["models"]["checkpoint"] == str(target)
+    assert summary["models"]["checkpoint"] == str(out)  # the folder, however it was named
 
 
 def test_fit_cli_resumes_only_the_unfinished_image(voc, tmp_path, capsys, monkeypatch):
@@ -207,8 +208,8 @@ def test_fit_cli_resumes_only_the_unfinished_image(voc, tmp_path, capsys, monkey
     # the same classifier and pseudo-masks as the uninterrupted fit
     from safetensors.torch import load_file
 
-    before = load_file(str(voc.work / "wsss" / "classifier.safetensors"))
-    after = load_file(str(out / "classifier.safetensors"))
+    before = load_file(str(voc.work / "wsss" / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
     assert before.keys() == after.keys()
     for key in before:
         torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-6)
@@ -339,7 +340,7 @@ def test_bad_fit_input(voc, tmp_path, capsys, case):
     errors = error_lines(err)
     assert len(errors) == 1 and message in errors[0], err
     assert "Traceback" not in err
-    assert not (out / "classifier.safetensors").exists() and not (out / "fit.json").exists()
+    assert not (out / "model.safetensors").exists() and not (out / "fit.json").exists()
     if linked is False:  # checked before any image is embedded
         assert not (out / "bank").exists()
 
@@ -363,14 +364,32 @@ def _plain_safetensors(d: Path) -> Path:
     return d / "plain.safetensors"
 
 
+def _other_method_folder(d: Path) -> Path:
+    from ovss.checkpoints import save_checkpoint as save_folder
+
+    return save_folder(d / "run", "fmbseg", {"w": torch.zeros(2)}, {}, {"dino": "x"})
+
+
+def _truncated_weights(d: Path) -> Path:
+    from ovss.checkpoints import save_checkpoint as save_folder
+
+    extra = {"setting": "wsss", "vocabulary": build_vocabulary("cat; dog").to_dict(), "glcc": {"fitted": True}}
+    folder = save_folder(d / "run", "tuss", {"w": torch.zeros(64)}, {}, {}, extra)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    return folder
+
+
 CLASSIFIER_CASES = {
-    "folder without a classifier": (_empty, [], "no TUSS classifier here"),
-    "folder without a classifier, classes given": (_empty, ["--classes", "cat; dog"], "no TUSS classifier here"),
-    "missing file": (lambda d: d / "nope.safetensors", [], "no TUSS classifier here"),
-    "FMbSeg checkpoint": (_fmbseg_checkpoint, [], "not a TUSS classifier"),
-    "FMbSeg checkpoint, classes given": (_fmbseg_checkpoint, ["--classes", "cat"], "not a TUSS classifier"),
-    "safetensors without metadata": (_plain_safetensors, [], "not a TUSS classifier"),
-    "random bytes": (_random_bytes, [], "not a safetensors file"),
+    "folder without a classifier": (_empty, [], "not a checkpoint folder (no config.json)"),
+    "folder without a classifier, classes given": (_empty, ["--classes", "cat; dog"], "not a checkpoint folder"),
+    "missing file": (lambda d: d / "nope.safetensors", [], "checkpoint not found"),
+    "FMbSeg checkpoint file": (_fmbseg_checkpoint, [], "a file outside a checkpoint folder"),
+    "FMbSeg checkpoint, classes given": (_fmbseg_checkpoint, ["--classes", "cat"], "outside a checkpoint folder"),
+    "FMbSeg run folder": (_other_method_folder, [], "a fmbseg checkpoint, not a tuss one; use --method fmbseg"),
+    "safetensors without a folder": (_plain_safetensors, [], "a file outside a checkpoint folder"),
+    "random bytes": (_random_bytes, [], "a file outside a checkpoint folder"),
+    "truncated weights": (_truncated_weights, [], "unreadable weights"),
 }
 
 
@@ -393,7 +412,7 @@ def test_segment_refuses_other_classes_than_the_classifiers(voc, tmp_path, capsy
     code, _, err = run(capsys, "segment", voc.images / "0_image.png", "--method", "tuss", "--classifier",
                        voc.work / "sss", "--classes", "cat; dog", "--out", seg_out, "--device", "cpu")  # fmt: skip
     assert code == 2
-    assert "this classifier was fitted for the classes background; aeroplane" in error_lines(err)[0], err
+    assert "this checkpoint was fitted for the classes background; aeroplane" in error_lines(err)[0], err
     assert "Traceback" not in err
     assert not seg_out.exists() or not any(seg_out.glob("*.png"))
     # the classifier's own classes, given explicitly, are accepted
@@ -494,7 +513,7 @@ def test_open_vocabulary_classifier_file_round_trip(tmp_path):
     vocab = build_vocabulary("cat; sofa, couch", "words:sky,wall")
     settings = {"window": ((96, 32), (64, 32)), "short_side": 160, "templates": "simple"}
     path = TUSSClassifier("ovss", vocab, None, settings, {"clip": "c"}, {"images": 2}).save(tmp_path)
-    assert path == tmp_path / "classifier.safetensors"
+    assert path == tmp_path / "model.safetensors"
     loaded = TUSSClassifier.load(path)
     assert loaded.vocabulary == vocab and loaded.vocabulary.queries == ("sky", "wall", "cat", "sofa", "couch")
     assert loaded.glcc is None and loaded.setting == "ovss"

@@ -12,30 +12,11 @@ from ._version import __version__
 from .device import resolve_device
 from .io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .methods import get_method_spec
-from .models.clip import TINY_RANDOM, load_clip
-from .models.dino import load_dino
+from .methods.settings import resolve_settings
+from .models.loading import TINY_RANDOM
+from .models.registry import ModelCache, default_model, load_backbone
 from .result import SegResult
 from .vocab import Vocabulary, build_vocabulary
-
-
-def _load_sam(name: str, device: torch.device):
-    from .masks.sam import load_sam  # the mask package is heavy; load it only for methods that need SAM
-
-    return load_sam(name, device)
-
-
-_BACKBONE_LOADERS = {"clip": load_clip, "dino": load_dino, "sam": _load_sam}
-_LOADED: dict[tuple[str, str, str], Any] = {}
-
-
-def load_backbone(kind: str, spec: Any, device: torch.device) -> Any:
-    """A backbone by name (hub id, local dir, ``tiny-random``), or an already-built object."""
-    if not isinstance(spec, str):
-        return spec  # a loaded backbone or a synthetic stand-in
-    key = (kind, spec, str(device))
-    if key not in _LOADED:
-        _LOADED[key] = _BACKBONE_LOADERS[kind](spec, device=device)
-    return _LOADED[key]
 
 
 class Segmenter:
@@ -59,29 +40,37 @@ class Segmenter:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         dino: Any = None,
         sam: Any = None,
-        checkpoint: str | None = None,
+        checkpoint: Any = None,
         refine: dict[str, Any] | None = None,
+        benchmark: str | None = None,
+        protocol: str | None = None,
+        cache: ModelCache | None = None,
         **settings: Any,
     ) -> None:
         self.spec = get_method_spec(method)
-        recorded_settings = (
-            self.spec.checkpoint_settings(checkpoint) if checkpoint and self.spec.checkpoint_settings else {}
-        )
-        self.settings = self.spec.make_settings({**recorded_settings, **settings})
+        # protocol (with a benchmark) < checkpoint < the caller's own settings; every origin recorded
+        resolved = resolve_settings(self.spec, benchmark, protocol, checkpoint, settings)
+        self.settings, self.provenance = resolved.settings, resolved.provenance
+        self.protocol, self.checkpoint = resolved.protocol, resolved.checkpoint
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
         given = {"clip": clip, "dino": dino, "sam": sam}
-        recorded = self.spec.checkpoint_backbones(checkpoint) if checkpoint and self.spec.checkpoint_backbones else {}
-        chosen = {k: given[k] if given[k] is not None else recorded.get(k, TINY_RANDOM) for k in self.spec.needs}
-        self.backbone_names = {k: v if isinstance(v, str) else getattr(v, "name", type(v).__name__)
-                               for k, v in chosen.items()}  # fmt: skip
-        self.checkpoint = checkpoint
-        backbones = {kind: load_backbone(kind, spec, self.device) for kind, spec in chosen.items()}
-        extra = {"checkpoint": checkpoint} if checkpoint is not None else {}
+        recorded = self.checkpoint.backbones if self.checkpoint is not None else {}
+        # each role (clip, dino, sam) is loaded by its own loader or the one the method names (sam -> sam3)
+        loader = {role: self.spec.loaders.get(role, role) for role in self.spec.needs}
+        chosen = {}
+        for role in self.spec.needs:
+            value = given.get(role)
+            chosen[role] = value if value is not None else recorded.get(role, default_model(loader[role]))
+        self.backbone_names = {
+            k: v if isinstance(v, str) else getattr(v, "name", type(v).__name__) for k, v in chosen.items()
+        }
+        backbones = {role: load_backbone(loader[role], spec, self.device, cache) for role, spec in chosen.items()}
+        extra = {"checkpoint": self.checkpoint} if self.spec.checkpoint != "none" else {}
         self.method = self.spec.factory(backbones, self.settings, self.device, **extra)
-        self.refine = self._refiner(refine)
+        self.refine = self._refiner(refine, cache)
 
-    def _refiner(self, refine: dict[str, Any] | None):
+    def _refiner(self, refine: dict[str, Any] | None, cache: ModelCache | None = None):
         """SAM mask refinement (METHODS.md §5.8): ``{"sam": name, "preset": ..., "vote": "labels"|"logits"}``."""
         if not refine:
             return None
@@ -93,13 +82,17 @@ class Segmenter:
             raise InputError("refine takes sam=, preset=, vote='labels'|'logits', min_area= or generator=")
         generator = refine.get("generator")  # any object with .generate(image) -> MaskSet
         if generator is None:
-            generator = SamMaskGenerator(refine.get("sam", TINY_RANDOM), preset=refine.get("preset", "corrclip"),
-                                         device=self.device)  # fmt: skip
+            sam = load_backbone("sam", refine.get("sam"), self.device, cache)
+            generator = SamMaskGenerator(sam, preset=refine.get("preset", "corrclip"), device=self.device)
         self.backbone_names["sam"] = getattr(getattr(generator, "sam", None), "name", None) or getattr(
             generator, "name", "custom"
         )
-        return {"generator": generator, "vote": refine.get("vote", "labels"), "min_area": refine.get("min_area", 0),
-                "preset": refine.get("preset", "corrclip")}  # fmt: skip
+        return {
+            "generator": generator,
+            "vote": refine.get("vote", "labels"),
+            "min_area": refine.get("min_area", 0),
+            "preset": refine.get("preset", "corrclip"),
+        }
 
     def segment(
         self,
@@ -119,7 +112,7 @@ class Segmenter:
         if classes is None and fixed is None:
             from .errors import InputError
 
-            raise InputError('no class names given; pass them like classes="cat; sofa, couch; plant"')
+            raise InputError('no class names given; pass them like "cat; sofa, couch; plant"', option="classes")
         vocab = fixed if classes is None else build_vocabulary(classes, background)
         rgb = load_image(image, self.max_pixels)
         start = time.perf_counter()
@@ -129,12 +122,19 @@ class Segmenter:
             from .masks.pooling import refine_labels
 
             masks = self.refine["generator"].generate(rgb)
-            out.labels = refine_labels(out.labels, masks, out.probs if vote_logits else None, self.refine["vote"],
-                                       self.refine["min_area"]).astype(np.int32)  # fmt: skip
+            out.labels = refine_labels(
+                out.labels, masks, out.probs if vote_logits else None, self.refine["vote"], self.refine["min_area"]
+            ).astype(np.int32)
             if not return_probs:
                 out.probs = None
         seconds = time.perf_counter() - start
         return SegResult(out.labels, list(vocab.names), out.probs, rgb, self._info(vocab, seconds))
+
+    def refine_settings(self) -> dict[str, Any] | None:
+        if not self.refine:
+            return None
+        keys = ("preset", "vote", "min_area")
+        return {"method": "sam", **{k: self.refine[k] for k in keys}, "model": self.backbone_names.get("sam")}
 
     def dense_features(self, image: ImageInput) -> np.ndarray:
         """The method's language-aligned ``(D, h, w)`` patch embeddings, where it has them."""
@@ -148,13 +148,14 @@ class Segmenter:
             settings["prob_thd"] = self.method.effective_prob_thd(vocab)
         models = dict(self.backbone_names)
         if self.refine:
-            settings["refine"] = {"method": "sam", "preset": self.refine["preset"], "vote": self.refine["vote"],
-                                  "min_area": self.refine["min_area"]}  # fmt: skip
-        if self.checkpoint:
-            models["checkpoint"] = str(self.checkpoint)
+            settings["refine"] = self.refine_settings()
+        if self.checkpoint is not None:
+            models["checkpoint"] = str(self.checkpoint.path)
         return {
             "method": self.spec.name,
+            "tier": self.spec.tier,
             "settings": settings,
+            "provenance": dict(self.provenance),
             "vocabulary": vocab.to_dict(),
             "models": models,
             "random_weights": [k for k, v in models.items() if v == TINY_RANDOM],

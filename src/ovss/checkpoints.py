@@ -1,9 +1,9 @@
 """Checkpoints are folders: ``config.json`` + ``model.safetensors`` + a short ``README.md`` model card.
 
 Every trained or fitted artefact (an FMbSeg run, a TUSS classifier, a PixelCLIP or S-Seg run)
-is written with :func:`save_checkpoint` and read with :func:`load_checkpoint`. A folder is
-replaced as a whole (written beside the target, then swapped in), so a reader never sees a
-half-written checkpoint. ``--checkpoint`` accepts the folder, a weights file inside it, or a
+is written with :func:`save_checkpoint` and read with :func:`load_checkpoint`. Each file is
+written atomically and the config last, so a reader never sees a half-written checkpoint.
+``--checkpoint`` accepts the folder, a weights file inside it, or a
 Hugging Face hub id (fetched with ``huggingface_hub.snapshot_download``), so a run can be
 published with the standard hub tools.
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 
 from ._version import __version__
 from .errors import ModelLoadError
+from .io import atomic_path
 
 FORMAT = "ovss-checkpoint/1"
 CONFIG = "config.json"
@@ -51,7 +50,9 @@ class Checkpoint:
         if not self.weights.is_file():
             raise ModelLoadError(f"{self.path}: checkpoint has no {WEIGHTS}; re-save it or pass the right folder")
         try:
-            return load_file(str(self.weights), device=str(device))
+            loaded = load_file(str(self.weights), device=str(device))
+            loaded.pop("_empty", None)
+            return loaded
         except Exception as e:  # safetensors raises its own error types for truncated or foreign files
             raise ModelLoadError(
                 f"{self.weights}: unreadable weights ({str(e).splitlines()[0][:100]}); the file is truncated or not "
@@ -68,43 +69,33 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     card: str | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (the old folder, if any, is replaced as a whole)."""
+    """Write (or update) a checkpoint in folder ``out``; other files there (resume state, logs) stay.
+
+    Each file is written to a temporary name and renamed; ``config.json`` goes last, so a folder
+    with a config always has the weights that belong to it.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    try:
-        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(contiguous, str(tmp / WEIGHTS))
-        config = {
-            "format": FORMAT,
-            "method": method,
-            "settings": _jsonable(dict(settings)),
-            "backbones": dict(backbones),
-            "extra": _jsonable(dict(extra or {})),
-            "ovss_version": __version__,
-        }
-        (tmp / CARD).write_text(card or default_card(method, backbones, settings))
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
-        os.chmod(tmp, 0o755)
-        _swap_in(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    if not contiguous:  # safetensors needs a tensor; a checkpoint may have none of its own
+        contiguous = {"_empty": torch.zeros(0)}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(contiguous, str(tmp))
+    config = {
+        "format": FORMAT,
+        "method": method,
+        "settings": _jsonable(dict(settings)),
+        "backbones": dict(backbones),
+        "extra": _jsonable(dict(extra or {})),
+        "ovss_version": __version__,
+    }
+    with atomic_path(out / CARD) as tmp:
+        tmp.write_text(card or default_card(method, backbones, settings))
+    with atomic_path(out / CONFIG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=str) + "\n")
     return out
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp``; a crash in between leaves ``out.old`` that :func:`resolve_checkpoint` reads."""
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def default_card(method: str, backbones: Mapping[str, str], settings: Mapping[str, Any]) -> str:
@@ -128,13 +119,7 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
     if path.is_dir():
         if (path / CONFIG).is_file():
             return path
-        old = path.with_name(path.name + ".old")
-        if (old / CONFIG).is_file():  # a crash between the two renames of _swap_in
-            return old
         raise ModelLoadError(f"{path}: not a checkpoint folder (no {CONFIG}); pass the folder a training run wrote")
-    old = path.with_name(path.name + ".old")
-    if (old / CONFIG).is_file():
-        return old
     if _looks_like_hub_id(str(spec)):
         return _download(str(spec))
     raise ModelLoadError(f"{spec}: checkpoint not found; pass a checkpoint folder, a file inside one, or a hub id")

@@ -23,10 +23,10 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError
-from .io import atomic_path, load_image, write_json
+from .io import atomic_path, write_json
 from .jobs import dist_info
 from .metrics import ConfusionMatrix, format_table, to_markdown
-from .protocols import BENCHMARKS, METRIC_CONVENTIONS, family_for, resolve
+from .protocols import BENCHMARKS, METRIC_CONVENTIONS, resolve
 from .vocab import Vocabulary, build_vocabulary, parse_classes
 
 GROUND_TRUTH = "ground-truth"  # evaluates the labels against themselves: a layout self-check (100 mIoU)
@@ -50,6 +50,7 @@ class EvalJob:
     dino: str | None = None
     checkpoint: str | None = None
     sam: str | None = None
+    refine: dict[str, Any] | None = None  # SAM mask refinement, as Segmenter(refine=...)
 
 
 def _device_for_rank(device: str | None) -> str | None:
@@ -108,58 +109,79 @@ class _Shard:
                                "seconds": self.seconds, "complete": self.complete})  # fmt: skip
 
 
-def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
-    """Evaluate; returns the results on rank 0 (None on other ranks)."""
-    from tqdm import tqdm
-
-    from .api import Segmenter
+def _open_dataset(job: EvalJob):
     from .data import image_folder, open_dataset
-    from .methods import get_method_spec
 
-    rank, world = dist_info()
-    family = family_for(job.method, job.protocol) if job.method != GROUND_TRUTH else (job.protocol or "sclip")
-    proto = resolve(family, job.benchmark)
-    metric = job.metric or proto.metric
-    if metric not in METRIC_CONVENTIONS:
-        raise InputError(f"unknown metric convention {metric!r}; use one of {', '.join(METRIC_CONVENTIONS)}")
     if job.benchmark == "folder":
         if job.names is None:
             raise InputError("a folder dataset needs its class names: pass --names 'a; b; c' in label-id order")
-        dataset = image_folder(Path(job.root), job.labels, len(parse_classes(job.names)))
-    else:
-        dataset = open_dataset(job.benchmark, job.root)
+        return image_folder(Path(job.root), job.labels, len(parse_classes(job.names)))
+    return open_dataset(job.benchmark, job.root)
+
+
+def _segmenter(job: EvalJob):
+    """The method under the benchmark's protocol (< checkpoint < the job's overrides), or None for ground truth."""
+    from .api import Segmenter
+
+    if job.method == GROUND_TRUTH:
+        return None
+    return Segmenter(
+        job.method,
+        clip=job.clip,
+        dino=job.dino,
+        sam=job.sam,
+        checkpoint=job.checkpoint,
+        device=_device_for_rank(job.device),
+        refine=job.refine,
+        benchmark=job.benchmark,
+        protocol=job.protocol,
+        **job.overrides,
+    )
+
+
+def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
+    """Evaluate; returns the results on rank 0 (None on other ranks)."""
+    rank, world = dist_info()
+    dataset = _open_dataset(job)
+    segmenter = _segmenter(job)
+    proto = segmenter.protocol if segmenter is not None else resolve(job.protocol or "sclip", job.benchmark)
+    metric = job.metric or proto.metric
+    if metric not in METRIC_CONVENTIONS:
+        raise InputError(f"unknown metric convention {metric!r}; use one of {', '.join(METRIC_CONVENTIONS)}")
     vocab = benchmark_vocabulary(job, proto.background, dataset.num_classes)
-    # a fitted checkpoint (tuss classifier) fixes how it embeds; the protocol fills in only the rest
-    spec = get_method_spec(job.method) if job.method != GROUND_TRUTH else None
-    recorded = spec.checkpoint_settings(job.checkpoint) if spec and job.checkpoint and spec.checkpoint_settings else {}
-    settings = {**{k: v for k, v in proto.settings.items() if k not in recorded}, **job.overrides}
+    settings = dataclasses.asdict(segmenter.settings) if segmenter else {}
 
     count = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     samples = [dataset[i] for i in range(count)]
-    mine = samples[rank::world]
     identity = {"method": job.method, "benchmark": job.benchmark, "settings": settings, "n": len(samples)}
     identity.update(clip=job.clip, dino=job.dino, sam=job.sam, checkpoint=job.checkpoint, vocab=vocab.to_dict())
+    identity.update(refine=job.refine)
     signature = json.dumps(identity, sort_keys=True, default=str)
     out = Path(job.out)
     shard = _Shard(
         out / "partial" / f"rank{rank}-of-{world}.json", dataset.num_classes, dataset.ignore_index, signature
     )
+    desc = f"{job.benchmark} [{rank}/{world}]"
+    _evaluate_shard(dataset, samples[rank::world], shard, segmenter, vocab, progress, desc, rank)
+    if rank != 0:
+        return None
+    total = _gather(out, world, ConfusionMatrix(dataset.num_classes, dataset.ignore_index), signature)
+    return _report(job, total, metric, proto, vocab, segmenter, settings, len(samples), world)
 
-    segmenter = None
-    if job.method != GROUND_TRUTH:
-        segmenter = Segmenter(job.method, clip=job.clip, dino=job.dino, sam=job.sam, checkpoint=job.checkpoint,
-                              device=_device_for_rank(job.device), **settings)  # fmt: skip
+
+def _evaluate_shard(
+    dataset, samples, shard: _Shard, segmenter, vocab: Vocabulary, progress: bool, desc: str, rank: int
+) -> None:
+    from tqdm import tqdm
+
     done = set(shard.done)
-    todo = [s for s in mine if s.name not in done]
-    bar = tqdm(todo, desc=f"{job.benchmark} [{rank}/{world}]", unit="img", disable=not progress or not todo,
-               position=rank, file=sys.stderr)  # fmt: skip
+    todo = [s for s in samples if s.name not in done]
+    bar = tqdm(todo, desc=desc, unit="img", disable=not progress or not todo, position=rank, file=sys.stderr)
     for count, sample in enumerate(bar, 1):
         gt = dataset.load_label(sample)
         start = time.perf_counter()
-        if segmenter is None:
-            pred = gt.copy()
-        else:
-            pred = segmenter.method.segment(load_image(sample.image, segmenter.max_pixels), vocab).labels
+        # the whole API path, refinement included
+        pred = gt.copy() if segmenter is None else segmenter.segment(sample.image, vocab).labels
         shard.seconds += time.perf_counter() - start
         if pred.shape != gt.shape:
             raise InputError(f"{sample.label}: label is {gt.shape[::-1]} but its image is {pred.shape[::-1]}")
@@ -169,17 +191,30 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
             shard.save()
     shard.complete = True
     shard.save()
-    if rank != 0:
-        return None
 
-    total = _gather(out, world, ConfusionMatrix(dataset.num_classes, dataset.ignore_index), signature)
+
+def _report(
+    job: EvalJob,
+    total: dict[str, Any],
+    metric: str,
+    proto,
+    vocab: Vocabulary,
+    segmenter,
+    settings: dict[str, Any],
+    images: int,
+    world: int,
+) -> dict[str, Any]:
     results = total["matrix"].results(metric)
     other = next(c for c in METRIC_CONVENTIONS if c != metric)
+    models = dict(segmenter.backbone_names) if segmenter else {}
+    if segmenter is not None and segmenter.checkpoint is not None:
+        models["checkpoint"] = str(segmenter.checkpoint.path)
     report = {
         "benchmark": job.benchmark,
         "root": str(job.root),
-        "images": len(samples),
+        "images": images,
         "method": job.method,
+        "tier": segmenter.spec.tier if segmenter else None,
         "metric": metric,
         "mIoU": results["mIoU"],
         "aAcc": results["aAcc"],
@@ -189,14 +224,14 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
             n: {"IoU": iou, "Acc": acc}
             for n, iou, acc in zip(vocab.names, results["per_class_iou"], results["per_class_acc"])
         },
-        "images_per_second": round(len(samples) / total["seconds"], 4) if total["seconds"] else None,
+        "images_per_second": round(images / total["seconds"], 4) if total["seconds"] else None,
         "protocol": proto.to_dict(),
-        "settings": dataclasses.asdict(segmenter.settings) if segmenter else settings,
+        "settings": settings,
+        "provenance": dict(segmenter.provenance) if segmenter else {},
+        "refine": segmenter.refine_settings() if segmenter else None,
         "overrides": job.overrides,
         "vocabulary": vocab.to_dict(),
-        "models": {**segmenter.backbone_names, **({"checkpoint": str(job.checkpoint)} if job.checkpoint else {})}
-        if segmenter
-        else {},
+        "models": models,
         "device": str(segmenter.device) if segmenter else None,
         "world_size": world,
         "ovss_version": __version__,
@@ -204,11 +239,11 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    out = Path(job.out)
     write_json(out / "results.json", report)
-    table = format_table(results, list(vocab.names))
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(_markdown(report, results, list(vocab.names)))
-    report["table"] = table
+    report["table"] = format_table(results, list(vocab.names))
     return report
 
 

@@ -117,25 +117,18 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "templates": {"default": "openai_imagenet_80"},
         "metric": "union",
     },
-    "fmbseg": {  # our reconstruction's test-time defaults; FMbSeg has no public protocol
+    "fmbseg": {  # our reconstruction's test-time defaults live in FMbSegSettings; FMbSeg has no public protocol
         "source": "METHODS.md §3.8 and §3.9 (U32-U35, our choice); background words as PROTOCOL.md §5.4",
-        "short_side": {"default": 448},
-        "window": {"default": (448, 224)},
-        "logit_scale": {"default": 1 / 0.07},
-        "prob_thd": {"default": 0.0},
-        "area_thd": {"default": None},
-        "pamr_iterations": {"default": 0},
         "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
-        "templates": {"default": "openai_imagenet_80"},
         "metric": "union",
     },
-    "tuss": {  # the reference evaluates with AlchemyCat's gt-present mIoU
+    "tuss": {  # the reference evaluates with AlchemyCat's gt-present mIoU; its defaults live in TUSSSettings
         "source": "PROTOCOL.md §4.2 (TUSS row), §9 families.tuss; METHODS.md §1.3-1.4",
-        "short_side": {"default": 448, "cityscapes": 512},
+        "short_side": {"cityscapes": 512},
         # Cityscapes: windows 448 and 224 at stride window/2 mixed with momentum 0.5, no global view, CLS hidden
-        "window": {"default": (224, 56), "cityscapes": ((448, 224), (224, 112))},
-        "global_weight": {"default": 0.5, "cityscapes": 0.0},
-        "patches_see_cls": {"default": True, "cityscapes": False},
+        "window": {"cityscapes": ((448, 224), (224, 112))},
+        "global_weight": {"cityscapes": 0.0},
+        "patches_see_cls": {"cityscapes": False},
         # VOC: TUSS's own 25 words; COCO-Object: its 23 words are not in METHODS.md, SCLIP's 26 stand in
         "background": {
             "default": "none",
@@ -143,7 +136,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
             "coco_object": "words",
             "pc60": ["background"],
         },
-        "templates": {"default": "vild_14"},
         "metric": "present",
     },
 }
@@ -158,20 +150,9 @@ def register_family(name: str, table: dict[str, Any]) -> None:
     FAMILIES[name] = table
 
 
-# The family each registered method is evaluated under unless --protocol says otherwise.
-METHOD_FAMILY = {
-    "sclip": "sclip",
-    "naclip": "naclip",
-    "clearclip": "clearclip",
-    "maskclip": "sclip",
-    "vanilla": "sclip",
-    "fmbseg": "fmbseg",
-    "tuss": "tuss",
-}
-
 METRIC_CONVENTIONS = ("union", "present")
-SETTING_KEYS = ("short_side", "window", "pad_to", "logit_scale", "prob_thd", "area_thd", "pamr_iterations", "templates",
-                "global_weight", "patches_see_cls")  # fmt: skip
+# Entries of a family table that are not method settings.
+META_KEYS = ("source", "notes", "background", "metric")
 
 
 @dataclass(frozen=True)
@@ -208,18 +189,15 @@ def resolve(family: str, benchmark: str) -> ResolvedProtocol:
     if benchmark not in BENCHMARKS and benchmark != "folder":
         raise InputError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}, folder")
     spec = FAMILIES[family]
-    settings = {key: _pick(spec[key], benchmark) for key in SETTING_KEYS if key in spec}
+    settings = {}
+    for key, table in spec.items():
+        if key in META_KEYS:
+            continue
+        if benchmark in table or "default" in table:  # a key with only other benchmarks' values stays unset
+            settings[key] = _pick(table, benchmark)
     background = _pick(spec["background"], benchmark)
     if benchmark not in WITH_BACKGROUND:
         background = "none"
     return ResolvedProtocol(
         family, benchmark, settings, background, spec["metric"], spec["source"], dict(spec.get("notes", {}))
     )
-
-
-def family_for(method: str, protocol: str | None) -> str:
-    if protocol:
-        return protocol
-    if method not in METHOD_FAMILY:
-        raise InputError(f"method {method!r} has no default protocol; pass --protocol ({', '.join(FAMILIES)})")
-    return METHOD_FAMILY[method]

@@ -140,3 +140,21 @@ def _background_words(background: str | Sequence[str] | None) -> tuple[str, tupl
     if len({w.lower() for w in words}) != len(words):
         raise InputError("a background word is given twice")
     return "words", words
+
+
+def vocabulary_for(value: str, background: str | None = None, family: str = "sclip") -> Vocabulary:
+    """A benchmark key (``voc21``) gives its class names with the ``family`` protocol's background;
+    anything else is a class list (``"a; b, c"``)."""
+    from .protocols import BENCHMARKS
+
+    key = value.strip()
+    if key in BENCHMARKS:
+        from .data.classes import benchmark_class_names
+        from .protocols import resolve
+
+        names = benchmark_class_names(key)
+        bg = resolve(family, key).background
+        if bg != "none":
+            names = names[1:]
+        return build_vocabulary(list(names), bg if bg != "none" else None, allow_overlap=True)
+    return build_vocabulary(value, background)

@@ -11,7 +11,7 @@ module is skipped there. Run it in a side venv (docs/masks.md):
 
 The model: a small random SAM (ViT width 64, 2 layers, 512-pixel input, decoder width 64) built
 from one transformers ``SamConfig``, its weights copied into Meta's modules with the key mapping
-of ``ovss.masks.convert``. Random weights give noise-like masks that cover the image, so NMS
+of ``ovss.models.sam_convert``. Random weights give noise-like masks that cover the image, so NMS
 would keep one mask; the main comparison therefore switches NMS off (``box_nms_thresh=1.0``)
 and compares every mask that passes the filters, one by one and in order.
 """
@@ -37,8 +37,8 @@ from segment_anything.utils import amg as meta_amg  # noqa: E402
 
 from ovss.io import load_image  # noqa: E402
 from ovss.masks import SamBackbone, SamMaskGenerator, amg  # noqa: E402
-from ovss.masks.convert import hf_to_meta_state_dict  # noqa: E402
-from ovss.masks.sam import randomize_sam  # noqa: E402
+from ovss.models.sam import randomize_sam  # noqa: E402
+from ovss.models.sam_convert import hf_to_meta_state_dict  # noqa: E402
 
 SHARED = Path(os.environ.get("OVSS_EVALDATA", Path(__file__).resolve().parents[3] / "shared" / "evaldata"))
 PHOTO = SHARED / "ade20k_sceneparsing/sampleData/images/ADE_val_00000001.jpg"

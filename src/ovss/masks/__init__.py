@@ -7,12 +7,13 @@
 * :class:`MaskSet` - the common output (Meta-style records, COCO RLE JSON, previews).
 """
 
+from ..models.sam import SamBackbone, load_sam
 from .kmeans import DinoBackbone, KMeansMaskGenerator, load_dino
 from .maskset import MaskSet
 from .pooling import mask_pool, refine_labels, region_map
 from .presets import PRESETS, AMGSettings, get_preset, make_settings
 from .registry import available_mask_generators, get_mask_generator, register_mask_generator
-from .sam import SamBackbone, SamMaskGenerator, generate_masks, load_sam
+from .sam import SamMaskGenerator, generate_masks
 
 __all__ = [
     "PRESETS",

@@ -59,7 +59,6 @@ TIERS = {
     "B": "CLIP plus label-free DINO/SAM",
     "C": "label-trained mask generators or unlabeled retrieval banks",
     "D": "supervised concept segmenter (trained on human concept masks, not annotation-free)",
-    "trained": "trained by ovss from unlabeled data (no human annotation)",
 }
 
 
@@ -76,19 +75,24 @@ class MethodSpec:
     checkpoint: str = "none"  # "none" (refused), "optional" or "required"
     commands: Mapping[str, Command] = field(default_factory=dict)  # "train", "fit", "pseudo-label"
     loaders: Mapping[str, str] = field(default_factory=dict)  # backbone role -> loader kind, e.g. {"sam": "sam3"}
-    # For methods with a trained checkpoint: the backbone names it records (used when not given).
-    checkpoint_backbones: Callable[[str], dict[str, str]] | None = None
-    # The method settings a checkpoint was fitted with: defaults under the caller's own settings.
-    checkpoint_settings: Callable[[str], dict[str, Any]] | None = None
+    # How a checkpoint argument becomes an ovss.checkpoints.Checkpoint; None: the standard folder reader.
+    read_checkpoint: Callable[[str], Any] | None = None
 
     def make_settings(self, overrides: dict[str, Any]) -> Any:
         known = {f.name: f for f in dataclasses.fields(self.settings)}
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise InputError(
-                f"method {self.name!r} has no setting {unknown[0]!r}; its settings are: {', '.join(known)}"
+                f"method {self.name!r} has no setting {unknown[0]!r}; its settings are: {', '.join(known)}",
+                option=unknown[0],
             )
-        return dataclasses.replace(self.settings, **overrides)
+        try:
+            settings = dataclasses.replace(self.settings, **overrides)
+        except TypeError as e:
+            raise InputError(f"bad settings for {self.name}: {e}") from None
+        if hasattr(settings, "validate"):
+            settings.validate()
+        return settings
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -1,7 +1,8 @@
 """Training-free dense-CLIP methods: vanilla CLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP.
 
 They differ only in the last ViT block (ops.dense_clip.LAST_BLOCKS) and in their protocol
-defaults (PROTOCOL.md §4: short side, windows, logit scale, PAMR), so one class serves all.
+defaults (short side, windows, logit scale, PAMR), which come from their protocol family's table
+in ``ovss.protocols``, so one class serves all and each value is written once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from ..ops.dense_clip import check_variant
 from .base import MethodSpec, register_method
 from .dense import DenseMatchingMethod, DenseSettings
+from .settings import family_defaults
 
 
 @dataclass(frozen=True)
@@ -37,21 +39,23 @@ class DenseCLIPMethod(DenseMatchingMethod):
         return self.clip.dense_features(pixels, self.settings.variant)
 
 
-def _register(name: str, description: str, reference: str, **defaults) -> None:
-    settings = dataclasses.replace(DenseCLIPSettings(), variant=name, **defaults)
-    register_method(MethodSpec(name, description, DenseCLIPMethod, settings, ("clip",), reference))
+def _register(name: str, description: str, reference: str, family: str) -> None:
+    # the protocol values (short side, windows, logit scale, PAMR, padding) come from the family's table
+    settings = family_defaults(dataclasses.replace(DenseCLIPSettings(), variant=name), family)
+    register_method(
+        MethodSpec(name, description, DenseCLIPMethod, settings, ("clip",), reference, family=family, tier="A")
+    )
 
 
-# Defaults: each family's protocol values for benchmarks without per-dataset overrides
-# (PROTOCOL.md §4.2-4.3); per-benchmark values come from the protocol table.
-_register("sclip", "SCLIP: correlative self-attention (q-q + k-k) in the last block", "Wang et al., ECCV 2024")
+_register("sclip", "SCLIP: correlative self-attention (q-q + k-k) in the last block", "Wang et al., ECCV 2024", "sclip")
 _register(
-    "naclip", "NACLIP: k-k attention with a Gaussian neighbourhood prior, PAMR on", "Hajimiri et al., WACV 2025",
-    pamr_iterations=10,
-)  # fmt: skip
+    "naclip",
+    "NACLIP: k-k attention with a Gaussian neighbourhood prior, PAMR on",
+    "Hajimiri et al., WACV 2025",
+    "naclip",
+)
+_register("clearclip", "ClearCLIP: q-q attention without residual or FFN", "Lan et al., ECCV 2024", "clearclip")
 _register(
-    "clearclip", "ClearCLIP: q-q attention without residual or FFN", "Lan et al., ECCV 2024",
-    short_side=448, window=(448, 224), logit_scale=50.0, pad_to="patch",
-)  # fmt: skip
-_register("maskclip", "MaskCLIP: each token attends only to itself (value embeddings)", "Zhou et al., ECCV 2022")
-_register("vanilla", "Plain CLIP last block (baseline)", "Radford et al., ICML 2021")
+    "maskclip", "MaskCLIP: each token attends only to itself (value embeddings)", "Zhou et al., ECCV 2022", "sclip"
+)
+_register("vanilla", "Plain CLIP last block (baseline)", "Radford et al., ICML 2021", "sclip")

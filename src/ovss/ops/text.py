@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,22 @@ import torch.nn.functional as F
 from ..io import atomic_path
 from ..models.base import TextEncoder
 
-_MEMORY: dict[tuple[str, str, str], torch.Tensor] = {}
+# In-memory cache, bounded (least recently used first out) so that a long-running server does not grow.
+MEMORY_LIMIT = int(os.environ.get("OVSS_TEXT_CACHE", "50000") or 50000)
+_MEMORY: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+
+
+def _remember(key: tuple[str, str, str], vector: torch.Tensor) -> torch.Tensor:
+    _MEMORY[key] = vector
+    _MEMORY.move_to_end(key)
+    while len(_MEMORY) > MEMORY_LIMIT:
+        _MEMORY.popitem(last=False)
+    return vector
+
+
+def clear_text_cache() -> None:
+    """Forget the in-memory embeddings (the disk cache stays)."""
+    _MEMORY.clear()
 
 
 def cache_dir() -> Path | None:
@@ -51,12 +67,13 @@ def embed_queries(
     for query in dict.fromkeys(queries):
         key = (encoder.fingerprint, tkey, query)
         if key in _MEMORY:
+            _MEMORY.move_to_end(key)
             result[query] = _MEMORY[key]
             continue
         path = _disk_path(encoder.fingerprint, tkey, query)
         if path is not None and path.exists():
             try:
-                result[query] = _MEMORY[key] = torch.from_numpy(np.load(path))
+                result[query] = _remember(key, torch.from_numpy(np.load(path)))
                 continue
             except (OSError, ValueError):
                 pass  # a damaged cache entry is recomputed
@@ -66,7 +83,7 @@ def embed_queries(
         emb = encoder.encode_text(texts).float().cpu().view(len(missing), len(templates), -1)
         emb = F.normalize(F.normalize(emb, dim=-1).mean(dim=1), dim=-1)
         for query, vector in zip(missing, emb):
-            _MEMORY[(encoder.fingerprint, tkey, query)] = result[query] = vector
+            result[query] = _remember((encoder.fingerprint, tkey, query), vector)
             path = _disk_path(encoder.fingerprint, tkey, query)
             if path is not None:
                 try:

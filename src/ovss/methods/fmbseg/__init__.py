@@ -9,13 +9,19 @@ DINOv2 -> module -> cosine with CLIP text embeddings of any vocabulary -> upsamp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ...checkpoints import Checkpoint
+from ...checkpoints import load_checkpoint as load_checkpoint_folder
 from ...errors import InputError
 from ..base import MethodSpec, register_method
 from ..dense import DenseMatchingMethod, DenseSettings
+from .cli import PSEUDO_LABEL, TRAIN
 from .module import load_checkpoint
+
+LEGACY_FILE = "checkpoint.safetensors"  # what `ovss train --method fmbseg` writes into its run folder
 
 
 @dataclass(frozen=True)
@@ -32,11 +38,9 @@ class FMbSegSettings(DenseSettings):
 class FMbSegMethod(DenseMatchingMethod):
     needs = ("clip", "dino")
 
-    def __init__(self, backbones, settings: FMbSegSettings, device: torch.device, checkpoint: str | None = None):
-        if checkpoint is None:
-            raise InputError("fmbseg needs a trained module: pass checkpoint=... (--checkpoint CKPT)")
+    def __init__(self, backbones, settings: FMbSegSettings, device: torch.device, checkpoint: Checkpoint):
         super().__init__(backbones, settings, device)
-        self.module, self.info = load_checkpoint(checkpoint)
+        self.module, self.info = load_checkpoint(checkpoint.extra.get("file", checkpoint.path))
         self.module.to(device)
         self.dino, self.text_encoder = backbones["dino"], backbones["clip"]
         self.mean, self.std, self.patch_size = self.dino.mean, self.dino.std, self.dino.patch_size
@@ -50,13 +54,18 @@ class FMbSegMethod(DenseMatchingMethod):
         return self.module.forward_grid(self.dino.patch_features(pixels).to(self.device))
 
 
-def checkpoint_backbones(checkpoint: str) -> dict[str, str]:
-    """The backbones a checkpoint was trained with, used unless the caller names others."""
-    _, info = load_checkpoint(checkpoint)
-    return {"dino": info.get("dino", "tiny-random"), "clip": info.get("clip", "tiny-random")}
+def read_checkpoint(where: str) -> Checkpoint:
+    """A run folder of ``ovss train --method fmbseg`` or its checkpoint file (the module's own format)."""
+    path = Path(where)
+    file = path / LEGACY_FILE if path.is_dir() and (path / LEGACY_FILE).is_file() else path
+    if path.is_dir() and (path / "config.json").is_file():
+        return load_checkpoint_folder(path, method="fmbseg")
+    _, info = load_checkpoint(file)
+    backbones = {"dino": info.get("dino", "tiny-random"), "clip": info.get("clip", "tiny-random")}
+    return Checkpoint(file, "fmbseg", {}, backbones, {"file": str(file)}, {})
 
 
-register_method(
+SPEC = register_method(
     MethodSpec(
         "fmbseg",
         "FMbSeg: DINOv2 + alignment module trained with TSupCon on CLIP/SAM pseudo-labels (reconstruction)",
@@ -64,6 +73,10 @@ register_method(
         FMbSegSettings(),
         ("clip", "dino"),
         "Seifi et al., arXiv 2403.09307",
-        checkpoint_backbones=checkpoint_backbones,
+        family="fmbseg",
+        tier="B",
+        checkpoint="required",
+        commands={"train": TRAIN, "pseudo-label": PSEUDO_LABEL},
+        read_checkpoint=read_checkpoint,
     )
 )

@@ -11,7 +11,8 @@ setting (METHODS.md §1.6).
    it reported; here, with pixel labels (sss, fsss), they are chosen on held-out labelled training
    images (``heldout``), then the classifier is refit on everything. Without pixel labels (wsss)
    the §1.5 defaults are used. ``lp_weight`` / ``k_bar`` given explicitly skip the selection.
-4. ``OUT/classifier.safetensors`` (for ``ovss segment --method tuss --classifier OUT``),
+4. ``OUT`` itself becomes a checkpoint folder (``config.json`` + ``model.safetensors``) for
+   ``ovss segment --method tuss --checkpoint OUT``,
    ``OUT/seeds/NAME.png`` (training images painted with the fitted training scores; 255 = no
    mask: the WSSS pseudo-masks) and ``OUT/fit.json`` (every setting, counts, the selection table).
 """
@@ -395,7 +396,7 @@ def fit_tuss(
                                 {**report, "job": job or {}})  # fmt: skip
     classifier.save(out)
     report["bank_seconds"] = round(bank_seconds, 2)
-    report["classifier"] = str(out / "classifier.safetensors")
+    report["classifier"] = str(out)
     write_json(out / "fit.json", {**report, "vocabulary": vocab.to_dict(), "models": models or {}, "job": job or {}})
     return report
 

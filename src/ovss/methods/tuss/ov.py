@@ -37,6 +37,7 @@ from ...ops.windows import window_grid
 from ...templates import get_templates
 from ...vocab import Vocabulary
 from ..base import Method, MethodOutput, MethodSpec, register_method
+from .cli import FIT
 
 IGNORE = 255
 Window = tuple[int, int]
@@ -121,7 +122,7 @@ def mask_levels(maskset: MaskSet) -> list[int]:
 class TUSSMethod(Method):
     needs = ("clip", "sam")
 
-    def __init__(self, backbones, settings: TUSSSettings, device: torch.device, checkpoint: str | None = None) -> None:
+    def __init__(self, backbones, settings: TUSSSettings, device: torch.device, checkpoint: Any = None) -> None:
         from ...masks.sam import SamMaskGenerator
 
         settings.validate()
@@ -322,19 +323,7 @@ class TUSSMethod(Method):
         return MethodOutput(labels, dense.numpy() if return_probs and dense is not None else None)
 
 
-def checkpoint_backbones(checkpoint: str) -> dict[str, str]:
-    from .classifier import TUSSClassifier
-
-    return TUSSClassifier.load(checkpoint, tensors=False).models
-
-
-def checkpoint_settings(checkpoint: str) -> dict[str, Any]:
-    from .classifier import TUSSClassifier
-
-    return TUSSClassifier.load(checkpoint, tensors=False).method_settings
-
-
-register_method(
+SPEC = register_method(
     MethodSpec(
         "tuss",
         "TUSS: SAM level-aware masks, DBA-CLIP mask embeddings, text classifier or a fitted GLCC, painting",
@@ -342,7 +331,9 @@ register_method(
         TUSSSettings(),
         ("clip", "sam"),
         "Yang & Gong, arXiv 2405.14294",
-        checkpoint_backbones=checkpoint_backbones,
-        checkpoint_settings=checkpoint_settings,
+        family="tuss",
+        tier="B",
+        checkpoint="optional",
+        commands={"fit": FIT},
     )
 )

@@ -1,0 +1,116 @@
+"""One settings resolver for the API, ``ovss eval``, ``ovss fit`` and ``ovss train``.
+
+Precedence, lowest first: the method's registered defaults < its protocol family for the
+benchmark < the settings a checkpoint was trained or fitted with < the caller's own values.
+Every value's origin is kept in ``provenance`` and written next to every result. An unknown key
+from the caller is an error; a protocol value for a key this method does not have is recorded
+as not applicable, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..checkpoints import Checkpoint, load_checkpoint
+from ..errors import InputError
+from ..protocols import FAMILIES, META_KEYS, ResolvedProtocol, resolve
+from ..vocab import Vocabulary, build_vocabulary
+from .base import MethodSpec
+
+
+@dataclass
+class ResolvedSettings:
+    settings: Any  # the method's settings dataclass, validated
+    provenance: dict[str, str]  # setting -> "default" | "protocol F/B" | "checkpoint PATH" | "user"
+    protocol: ResolvedProtocol | None = None
+    checkpoint: Checkpoint | None = None
+    not_applicable: dict[str, Any] = field(default_factory=dict)  # protocol values this method has no setting for
+
+
+def family_defaults(settings: Any, family: str) -> Any:
+    """``settings`` with the family's ``default`` column applied: a method registered for a family
+    takes its protocol values from the table, so they are written once."""
+    table = FAMILIES[family]
+    names = {f.name for f in dataclasses.fields(settings)}
+    values = {k: v["default"] for k, v in table.items() if k not in META_KEYS and k in names and "default" in v}
+    return dataclasses.replace(settings, **values)
+
+
+def read_checkpoint(spec: MethodSpec, checkpoint: Any) -> Checkpoint | None:
+    """The checkpoint as the method reads it, or a one-line refusal for a method without one."""
+    if checkpoint is None:
+        if spec.checkpoint == "required":
+            raise InputError(f"{spec.name} needs a trained checkpoint", option="checkpoint")
+        return None
+    if spec.checkpoint == "none":
+        raise InputError(f"method {spec.name!r} takes no checkpoint (it is training-free)", option="checkpoint")
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    reader = spec.read_checkpoint or (lambda path: load_checkpoint(path, method=spec.name))
+    return reader(str(checkpoint))
+
+
+def resolve_settings(
+    spec: MethodSpec,
+    benchmark: str | None = None,
+    protocol: str | None = None,
+    checkpoint: Any = None,
+    overrides: dict[str, Any] | None = None,
+) -> ResolvedSettings:
+    names = {f.name for f in dataclasses.fields(spec.settings)}
+    values: dict[str, Any] = {}
+    provenance = dict.fromkeys(names, "default")
+    proto, not_applicable = None, {}
+    if benchmark is not None:
+        proto = resolve(protocol or spec.family, benchmark)
+        for key, value in proto.settings.items():
+            if key in names:
+                values[key], provenance[key] = value, f"protocol {proto.family}/{benchmark}"
+            else:
+                not_applicable[key] = value
+    ckpt = read_checkpoint(spec, checkpoint)
+    if ckpt is not None:
+        for key, value in ckpt.settings.items():
+            if key in names:
+                values[key], provenance[key] = _as_field(value), f"checkpoint {ckpt.path}"
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise InputError(
+                f"method {spec.name!r} has no setting {key!r}; its settings are: {', '.join(sorted(names))}",
+                option=key,
+            )
+        values[key], provenance[key] = value, "user"
+    settings = spec.make_settings(values)
+    return ResolvedSettings(settings, provenance, proto, ckpt, not_applicable)
+
+
+def _as_field(value: Any) -> Any:
+    """JSON turned tuples into lists; settings dataclasses hold tuples."""
+    if isinstance(value, list):
+        return tuple(_as_field(v) for v in value)
+    return value
+
+
+def fixed_vocabulary(checkpoint: Checkpoint | None, classes: Any, background: Any = None) -> Vocabulary:
+    """The vocabulary of a run: the caller's classes, or those a checkpoint was fitted for (which the
+    caller's classes, when given, must match)."""
+    recorded = (checkpoint.extra.get("vocabulary") if checkpoint is not None else None) or None
+    fixed = None
+    if recorded:
+        fixed = Vocabulary(
+            tuple(recorded["names"]), tuple(tuple(s) for s in recorded["synonyms"]), recorded["background"]
+        )
+    if classes is None:
+        if fixed is None:
+            raise InputError('no class names given; pass them like "cat; sofa, couch; plant"', option="classes")
+        return fixed
+    vocab = build_vocabulary(classes, background)
+    if fixed is not None and tuple(vocab.names) != tuple(fixed.names):
+        raise InputError(
+            f"this checkpoint was fitted for the classes {'; '.join(fixed.names)}; leave the classes out to use "
+            "them, or fit another one for yours",
+            option="classes",
+        )
+    return vocab
