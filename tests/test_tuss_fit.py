@@ -23,7 +23,6 @@ from PIL import Image
 from clirun import error_lines, run
 from ovss import Segmenter
 from ovss.cli import main
-from ovss.vocab import vocabulary_for as _vocabulary_arg
 from ovss.errors import InputError
 from ovss.masks.maskset import MaskSet
 from ovss.masks.presets import PRESETS, Preset
@@ -42,6 +41,7 @@ from ovss.methods.tuss.ov import TUSSMethod, paint
 from ovss.testing import SyntheticCLIP, make_dataset, pixel_accuracy, write_dataset
 from ovss.testing.standins import SyntheticMaskGenerator
 from ovss.vocab import build_vocabulary
+from ovss.vocab import vocabulary_for as _vocabulary_arg
 
 VOC = "vainf_voc_samples"
 PHOTOS = ("0_image", "23_image", "1_image")

@@ -12,7 +12,7 @@ from ._version import __version__
 from .device import resolve_device
 from .io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from .methods import get_method_spec
-from .methods.settings import resolve_settings
+from .methods.settings import require_checkpoint, resolve_settings
 from .models.loading import TINY_RANDOM
 from .models.registry import ModelCache, default_model, load_backbone
 from .result import SegResult
@@ -52,6 +52,7 @@ class Segmenter:
         resolved = resolve_settings(self.spec, benchmark, protocol, checkpoint, settings)
         self.settings, self.provenance = resolved.settings, resolved.provenance
         self.protocol, self.checkpoint = resolved.protocol, resolved.checkpoint
+        require_checkpoint(self.spec, self.checkpoint)
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
         given = {"clip": clip, "dino": dino, "sam": sam}

@@ -18,13 +18,6 @@ BENCHMARKS = ("voc21", "pc60", "coco_object", "voc20", "pc59", "coco_stuff171", 
 # Benchmarks whose class 0 is "background" and is predicted (PROTOCOL.md §2).
 WITH_BACKGROUND = ("voc21", "pc60", "coco_object")
 
-# TUSS's VOC "dust-bin" background words (METHODS.md §1.4), queried as class 0 by the pow rule.
-TUSS_VOC_BACKGROUND_25 = (
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
-    "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley",
-    "bridge", "sign",
-)  # fmt: skip
-
 FAMILIES: dict[str, dict[str, Any]] = {
     "sclip": {  # LaVG identical
         "source": "PROTOCOL.md §4.2 (SCLIP row), §4.3, §9 families.sclip",
@@ -116,27 +109,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
         "templates": {"default": "openai_imagenet_80"},
         "metric": "union",
-    },
-    "fmbseg": {  # our reconstruction's test-time defaults live in FMbSegSettings; FMbSeg has no public protocol
-        "source": "METHODS.md §3.8 and §3.9 (U32-U35, our choice); background words as PROTOCOL.md §5.4",
-        "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
-        "metric": "union",
-    },
-    "tuss": {  # the reference evaluates with AlchemyCat's gt-present mIoU; its defaults live in TUSSSettings
-        "source": "PROTOCOL.md §4.2 (TUSS row), §9 families.tuss; METHODS.md §1.3-1.4",
-        "short_side": {"cityscapes": 512},
-        # Cityscapes: windows 448 and 224 at stride window/2 mixed with momentum 0.5, no global view, CLS hidden
-        "window": {"cityscapes": ((448, 224), (224, 112))},
-        "global_weight": {"cityscapes": 0.0},
-        "patches_see_cls": {"cityscapes": False},
-        # VOC: TUSS's own 25 words; COCO-Object: its 23 words are not in METHODS.md, SCLIP's 26 stand in
-        "background": {
-            "default": "none",
-            "voc21": list(TUSS_VOC_BACKGROUND_25),
-            "coco_object": "words",
-            "pc60": ["background"],
-        },
-        "metric": "present",
     },
 }
 

@@ -41,8 +41,6 @@ def family_defaults(settings: Any, family: str) -> Any:
 def read_checkpoint(spec: MethodSpec, checkpoint: Any) -> Checkpoint | None:
     """The checkpoint as the method reads it, or a one-line refusal for a method without one."""
     if checkpoint is None:
-        if spec.checkpoint == "required":
-            raise InputError(f"{spec.name} needs a trained checkpoint", option="checkpoint")
         return None
     if spec.checkpoint == "none":
         raise InputError(f"method {spec.name!r} takes no checkpoint (it is training-free)", option="checkpoint")
@@ -50,6 +48,12 @@ def read_checkpoint(spec: MethodSpec, checkpoint: Any) -> Checkpoint | None:
         return checkpoint
     reader = spec.read_checkpoint or (lambda path: load_checkpoint(path, method=spec.name))
     return reader(str(checkpoint))
+
+
+def require_checkpoint(spec: MethodSpec, checkpoint: Checkpoint | None) -> None:
+    if checkpoint is None and spec.checkpoint == "required":
+        what = f"`ovss {next(iter(spec.commands))} --method {spec.name}`" if spec.commands else "its training"
+        raise InputError(f"{spec.name} needs a trained checkpoint (a run folder from {what})", option="checkpoint")
 
 
 def resolve_settings(
@@ -81,7 +85,7 @@ def resolve_settings(
                 f"method {spec.name!r} has no setting {key!r}; its settings are: {', '.join(sorted(names))}",
                 option=key,
             )
-        values[key], provenance[key] = value, "user"
+        values[key], provenance[key] = _as_field(value), "user"
     settings = spec.make_settings(values)
     return ResolvedSettings(settings, provenance, proto, ckpt, not_applicable)
 

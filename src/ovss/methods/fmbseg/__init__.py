@@ -18,6 +18,7 @@ from ...checkpoints import load_checkpoint as load_checkpoint_folder
 from ...errors import InputError
 from ..base import MethodSpec, register_method
 from ..dense import DenseMatchingMethod, DenseSettings
+from . import protocol as _protocol  # noqa: F401  (registers the fmbseg family)
 from .cli import PSEUDO_LABEL, TRAIN
 from .module import load_checkpoint
 

@@ -158,8 +158,8 @@ def train_fmbseg(
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
-    from ...api import load_backbone
     from ...device import resolve_device
+    from ...models.registry import load_backbone
 
     settings.validate()
     pairs = pair_images_and_labels(Path(images), Path(labels))

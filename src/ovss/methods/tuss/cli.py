@@ -36,9 +36,10 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     from ..._version import __version__
+    from ...device import resolve_device
     from ...io import DEFAULT_MAX_PIXELS
     from ...jobs import plan_images
-    from ...models.registry import default_model
+    from ...models.registry import default_model, load_backbone
     from ...protocols import BENCHMARKS
     from ...vocab import vocabulary_for
     from ..settings import resolve_settings
@@ -61,7 +62,7 @@ def run_fit(args: argparse.Namespace) -> int:
         overrides["sam_preset"] = args.preset
     # a benchmark vocabulary embeds as its eval protocol does
     benchmark = args.vocab.strip() if args.vocab.strip() in BENCHMARKS else None
-    resolve_settings(SPEC, benchmark=benchmark, overrides=overrides)  # unknown keys and bad values fail here
+    settings = resolve_settings(SPEC, benchmark=benchmark, overrides=overrides).settings  # bad keys/values fail here
     fs = fit_settings({k: v for k, v in given.items() if k in fit_keys})
     vocab = vocabulary_for(args.vocab, args.background, family=SPEC.family)
     out = Path(args.out)
@@ -69,19 +70,12 @@ def run_fit(args: argparse.Namespace) -> int:
     if unreadable:
         raise InputError(f"{unreadable} training image(s) are unreadable (listed above); remove them and re-run")
     models = {"clip": args.clip or default_model("clip"), "sam": args.sam or default_model("sam")}
-    from ...api import Segmenter
-
-    seg = Segmenter(
-        "tuss", clip=models["clip"], sam=models["sam"], device=args.device, benchmark=benchmark, **overrides
-    )
-    job = {
-        "method": "tuss",
-        "models": models,
-        "settings": dataclasses.asdict(seg.settings),
-        "ovss_version": __version__,
-    }
+    device = resolve_device(args.device)
+    backbones = {role: load_backbone(role, models[role], device) for role in SPEC.needs}
+    method = SPEC.factory(backbones, settings, device)
+    job = {"method": "tuss", "models": models, "settings": dataclasses.asdict(settings), "ovss_version": __version__}
     report = fit_tuss(
-        seg.method,
+        method,
         paths,
         [str(s) for s in stems],
         out,

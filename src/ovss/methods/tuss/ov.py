@@ -37,6 +37,7 @@ from ...ops.windows import window_grid
 from ...templates import get_templates
 from ...vocab import Vocabulary
 from ..base import Method, MethodOutput, MethodSpec, register_method
+from . import protocol as _protocol  # noqa: F401  (registers the tuss family)
 from .cli import FIT
 
 IGNORE = 255
