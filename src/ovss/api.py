@@ -16,7 +16,7 @@ from .methods.settings import require_checkpoint, resolve_settings
 from .models.loading import TINY_RANDOM
 from .models.registry import ModelCache, default_model, load_backbone
 from .result import SegResult
-from .vocab import Vocabulary, build_vocabulary
+from .vocab import Vocabulary, build_vocabulary, no_classes
 
 
 class Segmenter:
@@ -111,9 +111,7 @@ class Segmenter:
         """
         fixed = getattr(self.method, "vocabulary", None)  # a fitted classifier knows its classes
         if classes is None and fixed is None:
-            from .errors import InputError
-
-            raise InputError('no class names given; pass them like "cat; sofa, couch; plant"', option="classes")
+            raise no_classes()
         vocab = fixed if classes is None else build_vocabulary(classes, background)
         rgb = load_image(image, self.max_pixels)
         start = time.perf_counter()

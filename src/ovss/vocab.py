@@ -54,6 +54,11 @@ class Vocabulary:
                 "background": self.background}  # fmt: skip
 
 
+def no_classes() -> InputError:
+    """The one wording of this error, for the API (``classes=``) and the CLI (``--classes``)."""
+    return InputError('no class names given; pass them like "cat; sofa, couch; plant"', option="classes")
+
+
 def parse_classes(classes: str | Sequence[str]) -> list[list[str]]:
     """Parse a class list into synonym groups.
 
@@ -74,7 +79,7 @@ def parse_classes(classes: str | Sequence[str]) -> list[list[str]]:
         if words:
             groups.append(words)
     if not groups:
-        raise InputError('no class names given; pass them like --classes "cat; sofa, couch; plant"')
+        raise no_classes()
     seen: dict[str, str] = {}
     for words in groups:
         for word in words:

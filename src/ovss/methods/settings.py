@@ -16,7 +16,7 @@ from typing import Any
 from ..checkpoints import Checkpoint, load_checkpoint
 from ..errors import InputError
 from ..protocols import FAMILIES, META_KEYS, ResolvedProtocol, resolve
-from ..vocab import Vocabulary, build_vocabulary
+from ..vocab import Vocabulary, build_vocabulary, no_classes
 from .base import MethodSpec
 
 
@@ -108,7 +108,7 @@ def fixed_vocabulary(checkpoint: Checkpoint | None, classes: Any, background: An
         )
     if classes is None:
         if fixed is None:
-            raise InputError('no class names given; pass them like "cat; sofa, couch; plant"', option="classes")
+            raise no_classes()
         return fixed
     vocab = build_vocabulary(classes, background)
     if fixed is not None and tuple(vocab.names) != tuple(fixed.names):
