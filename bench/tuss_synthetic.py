@@ -2,7 +2,7 @@
 
 The synthetic CLIP's text is bent so zero-shot (OVSS) confuses two pairs of classes; image tags
 (WSSS), labels on a quarter of the images (SSS) or on all (FSSS) can correct it. Each setting is
-fitted with ``fit_tuss`` and scored on held-out scenes (see ``ovss.methods.tuss.synthetic``).
+fitted with ``fit_tuss`` and scored on held-out scenes (see ``bench/tuss_world.py``).
 
     python bench/tuss_synthetic.py [--train 60] [--test 12] [--labelled 0.25] [--merge 0.3]
 """
@@ -22,7 +22,7 @@ warnings.simplefilter("ignore")
 
 
 def main() -> None:
-    from ovss.methods.tuss.synthetic import SETTINGS, compare_settings
+    from tuss_world import SETTINGS, compare_settings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=int, default=60)

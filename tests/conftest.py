@@ -10,9 +10,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # (ovss's own defaults are real hub ids; tests/test_contract.py checks them without this variable).
 os.environ.setdefault("OVSS_DEFAULT_MODEL", "tiny-random")
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# Shared experiment worlds live beside the benches that report them (bench/*_world.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 # Real images with ground truth live beside the checkout (../shared/evaldata), never in the package.
 SHARED = Path(os.environ.get("OVSS_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata"))

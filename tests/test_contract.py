@@ -352,3 +352,22 @@ def test_method_names_appear_only_in_their_own_packages():
             if rel.parts[:2] == ("methods", name) or rel.parts[-1] == "presets.py":  # the "tuss" SAM preset
                 continue
             assert f'"{name}"' not in path.read_text(), f"{rel} names the method {name!r}"
+
+
+def test_every_mask_generator_has_one_interface():
+    from ovss.masks.kmeans import KMeansMaskGenerator
+    from ovss.masks.maskset import MaskSet
+    from ovss.masks.registry import MaskGenerator
+    from ovss.masks.sam import SamMaskGenerator
+    from ovss.testing.standins import SyntheticDINO, SyntheticMaskGenerator
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    for generator in (
+        SamMaskGenerator("tiny-random", preset="sparse", device="cpu"),
+        KMeansMaskGenerator(dino=SyntheticDINO(), k=3, device="cpu"),
+        SyntheticMaskGenerator(),
+    ):
+        assert isinstance(generator, MaskGenerator)
+        masks = generator.generate(image)
+        assert isinstance(masks, MaskSet) and masks.image_size == (64, 80)
+        assert isinstance(generator.info(), dict)

@@ -1,14 +1,14 @@
 """TUSS's four supervision settings on the synthetic world: more supervision, better segmentation.
 
 The world's CLIP text is bent so the zero-shot classifier confuses two pairs of classes (see
-``ovss.methods.tuss.synthetic``); tags, some labels or all labels must each correct part of it.
+``bench/tuss_world.py``); tags, some labels or all labels must each correct part of it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ovss.methods.tuss.synthetic import compare_settings
+from tuss_world import compare_settings
 
 # random SAM weights score low: loose thresholds, a small grid and no crops, so tiny-random SAM finds masks
 SMOKE_SAM = ("sam_settings={'points_per_side': 8, 'crop_n_layers': 0, 'pred_iou_thresh': 0.5, "
@@ -64,9 +64,9 @@ def test_two_ranks_share_the_bank_and_rank0_fits(tmp_path, monkeypatch):
     from ovss.jobs import output_stems
     from ovss.methods.tuss.fit import fit_settings, fit_tuss
     from ovss.methods.tuss.ov import TUSSMethod
-    from ovss.methods.tuss.synthetic import CLASSES, drifted_world
     from ovss.testing import make_dataset, write_dataset
     from ovss.vocab import build_vocabulary
+    from tuss_world import CLASSES, drifted_world
 
     torch.set_num_threads(1)
     scenes = make_dataset(5, seed=3, size=(96, 128), classes=list(CLASSES), n_regions=3)

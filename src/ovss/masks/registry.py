@@ -7,9 +7,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .maskset import MaskSet
+
+
+@runtime_checkable
+class MaskGenerator(Protocol):
+    """What SAM, SAM2, k-means, SAM 3 and the synthetic stand-ins share: masks for one image."""
+
+    def generate(self, image: np.ndarray) -> MaskSet: ...
+
+    def info(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

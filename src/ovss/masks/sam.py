@@ -36,6 +36,7 @@ from ..models.sam import (
 )
 from . import amg
 from .decoder import Sam2CropState, SamCropState
+from .maskdata import MaskData
 from .maskset import MaskSet
 from .presets import AMGSettings, make_settings
 
@@ -140,22 +141,22 @@ class SamMaskGenerator:
         s = self.settings
         h, w = img.shape[:2]
         boxes, layers = amg.crop_boxes((h, w), s.crop_n_layers, s.crop_overlap_ratio)
-        parts: list[dict[str, Any]] = []
+        parts: list[MaskData] = []
         for crop, layer in zip(boxes, layers):
             if crop[2] <= crop[0] or crop[3] <= crop[1]:
                 continue  # an image smaller than the crop grid gives empty crops
             parts.append(self._process_crop(img, crop, layer))
-        data = _concat(parts)
-        if len(parts) > 1 and len(data["rles"]):
-            crop_t = torch.tensor(data["crop_boxes"], dtype=torch.float)
-            keep = amg.nms(data["boxes"].float(), 1 / amg.box_area(crop_t), s.crop_nms_thresh)
-            data = _select(data, keep)
-        if s.min_mask_region_area > 0 and len(data["rles"]):
+        data = MaskData.cat(parts)
+        if len(parts) > 1 and len(data.rles):
+            crop_t = torch.tensor(data.crop_boxes, dtype=torch.float)
+            keep = amg.nms(data.boxes.float(), 1 / amg.box_area(crop_t), s.crop_nms_thresh)
+            data = data.select(keep)
+        if s.min_mask_region_area > 0 and len(data.rles):
             data = self._clean_small_regions(data, max(s.box_nms_thresh, s.crop_nms_thresh))
-        if s.containment_thresh is not None and len(data["rles"]):
-            stacked = torch.from_numpy(np.stack([amg.rle_decode(r) for r in data["rles"]]))
-            keep = amg.containment_filter(stacked, data["levels"], s.containment_thresh)
-            data = _select(data, torch.tensor(keep, dtype=torch.long))
+        if s.containment_thresh is not None and len(data.rles):
+            stacked = torch.from_numpy(np.stack([amg.rle_decode(r) for r in data.rles]))
+            keep = amg.containment_filter(stacked, data.levels, s.containment_thresh)
+            data = data.select(keep)
         return self._to_maskset(data, (h, w))
 
     @torch.no_grad()
@@ -188,7 +189,7 @@ class SamMaskGenerator:
         return masks.reshape(len(pts), n_levels, h, w).numpy(), iou.numpy()
 
     # -- one crop
-    def _process_crop(self, image: np.ndarray, crop: list[int], layer: int) -> dict[str, Any]:
+    def _process_crop(self, image: np.ndarray, crop: list[int], layer: int) -> MaskData:
         s = self.settings
         x0, y0, x1, y1 = crop
         cropped = image[y0:y1, x0:x1]
@@ -196,7 +197,7 @@ class SamMaskGenerator:
         grid = self.point_grids[layer]
         points = grid * np.array([[cw, ch]], dtype=np.float64)
         if len(points) == 0:
-            return _empty()
+            return MaskData.empty()
         state = self._encode(cropped)
         batches = []
         for start in range(0, len(points), s.points_per_batch):
@@ -204,7 +205,7 @@ class SamMaskGenerator:
             if batch is not None:
                 batches.append(batch)
         if not batches:
-            return _empty()
+            return MaskData.empty()
         rles = [r for b in batches for r in b.rles]
         boxes = torch.cat([b.boxes for b in batches])
         iou = torch.cat([b.iou for b in batches])
@@ -215,15 +216,15 @@ class SamMaskGenerator:
         keep = amg.nms(boxes.float(), iou + nms_offset, s.box_nms_thresh)
         k = keep.tolist()
         offset = torch.tensor([x0, y0, x0, y0])
-        return {
-            "rles": [rles[i] for i in k],
-            "boxes": boxes[keep] + offset,
-            "iou": iou[keep],
-            "stability": stab[keep],
-            "points": pts[k] + np.array([[x0, y0]]),
-            "levels": [levels[i] for i in k],
-            "crop_boxes": [list(crop) for _ in k],
-        }
+        return MaskData(
+            [rles[i] for i in k],
+            boxes[keep] + offset,
+            iou[keep],
+            stab[keep],
+            pts[k] + np.array([[x0, y0]]),
+            [levels[i] for i in k],
+            [list(crop) for _ in k],
+        )
 
     def _encode(self, cropped: np.ndarray):
         sam = self.sam
@@ -300,10 +301,10 @@ class SamMaskGenerator:
         return _Batch(rles, boxes, sel_iou, stab, points[point_idx.numpy()], sel_levels)
 
     # -- clean-up of small regions (Meta's postprocess_small_regions)
-    def _clean_small_regions(self, data: dict[str, Any], nms_thresh: float) -> dict[str, Any]:
+    def _clean_small_regions(self, data: MaskData, nms_thresh: float) -> MaskData:
         area = self.settings.min_mask_region_area
         new_masks, unchanged = [], []
-        for rle in data["rles"]:
+        for rle in data.rles:
             mask = amg.rle_decode(rle)
             mask, changed_holes = amg.remove_small_regions(mask, area, "holes")
             mask, changed_islands = amg.remove_small_regions(mask, area, "islands")
@@ -314,14 +315,14 @@ class SamMaskGenerator:
         keep = amg.nms(boxes.float(), torch.tensor(unchanged, dtype=torch.float), nms_thresh)
         for i in keep.tolist():
             if not unchanged[i]:
-                data["rles"][i] = amg.rle_encode(stacked[i : i + 1])[0]
-                data["boxes"][i] = boxes[i]
-        return _select(data, keep)
+                data.rles[i] = amg.rle_encode(stacked[i : i + 1])[0]
+                data.boxes[i] = boxes[i]
+        return data.select(keep)
 
-    def _to_maskset(self, data: dict[str, Any], image_hw: tuple[int, int]) -> MaskSet:
+    def _to_maskset(self, data: MaskData, image_hw: tuple[int, int]) -> MaskSet:
         mode = self.settings.output_mode
         records = []
-        for i, rle in enumerate(data["rles"]):
+        for i, rle in enumerate(data.rles):
             if mode == "binary_mask":
                 seg: Any = amg.rle_decode(rle)
             elif mode == "coco_rle":
@@ -331,12 +332,12 @@ class SamMaskGenerator:
             records.append({
                 "segmentation": seg,
                 "area": amg.rle_area(rle),
-                "bbox": [int(v) for v in amg.xyxy_to_xywh(data["boxes"][i].tolist())],
-                "predicted_iou": float(data["iou"][i]),
-                "point_coords": [[float(v) for v in data["points"][i]]],
-                "stability_score": float(data["stability"][i]),
-                "crop_box": [int(v) for v in amg.xyxy_to_xywh(data["crop_boxes"][i])],
-                "level": data["levels"][i],
+                "bbox": [int(v) for v in amg.xyxy_to_xywh(data.boxes[i].tolist())],
+                "predicted_iou": float(data.iou[i]),
+                "point_coords": [[float(v) for v in data.points[i]]],
+                "stability_score": float(data.stability[i]),
+                "crop_box": [int(v) for v in amg.xyxy_to_xywh(data.crop_boxes[i])],
+                "level": data.levels[i],
             })  # fmt: skip
         return MaskSet(records, image_hw, info=self.info())
 
@@ -363,38 +364,6 @@ def _uncropped_rles(masks: torch.Tensor, crop: list[int], image_hw: tuple[int, i
     if (x0, y0, x1, y1) != (0, 0, w, h):
         masks = F.pad(masks, (x0, w - x1, y0, h - y1), value=False)
     return amg.rle_encode(masks)
-
-
-def _empty() -> dict[str, Any]:
-    return {"rles": [], "boxes": torch.zeros(0, 4, dtype=torch.long), "iou": torch.zeros(0),
-            "stability": torch.zeros(0), "points": np.zeros((0, 2)), "levels": [], "crop_boxes": []}  # fmt: skip
-
-
-def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    if not parts:
-        return _empty()
-    return {
-        "rles": [r for p in parts for r in p["rles"]],
-        "boxes": torch.cat([p["boxes"] for p in parts]),
-        "iou": torch.cat([p["iou"] for p in parts]),
-        "stability": torch.cat([p["stability"] for p in parts]),
-        "points": np.concatenate([p["points"] for p in parts]),
-        "levels": [v for p in parts for v in p["levels"]],
-        "crop_boxes": [c for p in parts for c in p["crop_boxes"]],
-    }
-
-
-def _select(data: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
-    k = keep.tolist()
-    return {
-        "rles": [data["rles"][i] for i in k],
-        "boxes": data["boxes"][keep],
-        "iou": data["iou"][keep],
-        "stability": data["stability"][keep],
-        "points": data["points"][k] if len(k) else np.zeros((0, 2)),
-        "levels": [data["levels"][i] for i in k],
-        "crop_boxes": [data["crop_boxes"][i] for i in k],
-    }
 
 
 def generate_masks(image: ImageInput, sam: SamBackbone | str = TINY_RANDOM, preset: str = "exact",

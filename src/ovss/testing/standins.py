@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +79,9 @@ class SyntheticMaskGenerator:
 
     def __init__(self, merge_prob: float = 0.0, seed: int = 0, predicted_iou: float = 0.95) -> None:
         self.merge_prob, self.seed, self.predicted_iou = merge_prob, seed, predicted_iou
+
+    def info(self) -> dict[str, Any]:
+        return {"generator": "synthetic", "merge_prob": self.merge_prob, "seed": self.seed}
 
     def generate(self, image: np.ndarray) -> MaskSet:
         regions = colour_regions(image)

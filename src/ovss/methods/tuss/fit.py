@@ -37,13 +37,14 @@ from ...errors import InputError
 from ...io import remove_stale_parts, save_image, write_json
 from ...jobs import dist_info, finished, my_shard, stream_images
 from ...masks.maskset import MaskSet
+from ...masks.painting import paint, votes
 from ...metrics import ConfusionMatrix
 from ...ops.text import embed_queries
 from ...result import label_image
 from ...vocab import Vocabulary
 from .classifier import SETTINGS, TUSSClassifier
 from .glcc import GLCC, LPConfig, ProbeConfig, RoundConfig, glcc_config
-from .ov import IGNORE, TUSSMethod, paint
+from .ov import IGNORE, TUSSMethod
 
 BANK = "bank"
 
@@ -239,15 +240,6 @@ def _oriented_size(image: Path) -> tuple[int, int]:
         w, h = im.size
         rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     return (w, h) if rotated else (h, w)
-
-
-def votes(masks: torch.Tensor, label: np.ndarray, num_classes: int) -> torch.Tensor:
-    """(N, C): the fraction of each class among a mask's labelled pixels (255 ignored; §1.5 i)."""
-    lab = torch.from_numpy(label).long().flatten()
-    known = lab != IGNORE
-    onehot = F.one_hot(lab.clamp(max=num_classes - 1), num_classes).float() * known[:, None]
-    counts = masks.flatten(1).float() @ onehot
-    return counts / counts.sum(1, keepdim=True).clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from ...device import autocast, check_precision
 from ...errors import InputError
 from ...masks.maskset import MaskSet
+from ...masks.painting import mask_levels, paint
 from ...masks.pooling import mask_pool
 from ...ops.dba import discrimination_bias
 from ...ops.postprocess import class_probabilities
@@ -102,22 +102,6 @@ class MaskEmbeddings:
     areas: torch.Tensor  # (N,) pixels
     levels: list[int]  # 0 sub-part, 1 part, 2 whole (masks without a level count as whole)
     feature_map: torch.Tensor | None = None  # (D, h, w) at the resized size, when kept
-
-
-def paint(masks: torch.Tensor, levels: Sequence[int], scores: torch.Tensor, fill: np.ndarray) -> np.ndarray:
-    """Paint each mask with its argmax class over ``scores`` (C, N), in ascending (level, confidence)
-    order, so whole and sure masks are painted last (§1.4); ``fill`` holds the unpainted pixels."""
-    labels = fill.astype(np.int32, copy=True)
-    if len(masks) == 0:
-        return labels
-    conf, label = scores.max(0)
-    for i in sorted(range(len(masks)), key=lambda i: (levels[i], float(conf[i]))):
-        labels[masks[i].numpy()] = int(label[i])
-    return labels
-
-
-def mask_levels(maskset: MaskSet) -> list[int]:
-    return [2 if r.get("level") is None else int(r["level"]) for r in maskset]
 
 
 class TUSSMethod(Method):

@@ -28,15 +28,15 @@ SETTINGS = ("ovss", "wsss", "sss", "fsss")
 
 def drifted_world(seed: int = 0, merge_prob: float = 0.3):
     """(CLIP stand-in with text drift, SAM-like mask generator that merges neighbours with ``merge_prob``)."""
-    from .standins import SyntheticMaskGenerator
-    from .synthetic import PALETTE, SyntheticCLIP
+    from ovss.testing.standins import SyntheticMaskGenerator
+    from ovss.testing.synthetic import PALETTE, SyntheticCLIP
 
     palette = {k: v for k, v in PALETTE.items() if k in CLASSES}
     return SyntheticCLIP(palette=palette, text_drift=DRIFT), SyntheticMaskGenerator(merge_prob=merge_prob, seed=seed)
 
 
 def _miou(preds, truths, k: int) -> float:
-    from ..metrics import ConfusionMatrix
+    from ovss.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(k)
     for p, t in zip(preds, truths):
@@ -58,11 +58,11 @@ def compare_settings(
     score it on ``n_test`` new scenes; every number comes with the settings that produced it."""
     from PIL import Image
 
-    from ..api import Segmenter
-    from ..jobs import output_stems
-    from ..methods.tuss.fit import fit_settings, fit_tuss
-    from ..vocab import build_vocabulary
-    from .synthetic import make_dataset, write_dataset
+    from ovss.api import Segmenter
+    from ovss.jobs import output_stems
+    from ovss.methods.tuss.fit import fit_settings, fit_tuss
+    from ovss.testing.synthetic import make_dataset, write_dataset
+    from ovss.vocab import build_vocabulary
 
     work = Path(workdir)
     kw = dict(size=(160, 192), classes=list(CLASSES), n_regions=4, noise=20, texture=15)
@@ -115,8 +115,7 @@ def compare_settings(
     # the ceiling the masks allow: every test mask painted with its true majority class
     import torch
 
-    from ..methods.tuss.fit import votes
-    from ..methods.tuss.ov import mask_levels, paint
+    from ovss.masks.painting import mask_levels, paint, votes
 
     preds = []
     for s in test:
