@@ -178,25 +178,46 @@ def _swap_in(new: Path, target: Path) -> Path:
 
 
 def mask_polygon(mask: np.ndarray, tolerance: float) -> np.ndarray:
-    """The outline of one connected region as a ``(K, 2)`` float polygon (x, y), K >= 3.
+    """The outline of one connected region as a single ``(K, 2)`` float polygon (x, y), K >= 3.
 
     Points are pixel centres (+0.5) of the boundary pixels, so a COCO rasteriser or a
-    ``cv2.fillPoly`` of the truncated points gives the region back; holes are filled (polygon
-    formats cannot hold them; use coco-rle for exact masks). ``tolerance`` > 0 simplifies with
+    ``cv2.fillPoly`` of the truncated points gives the region back. Holes are joined to the
+    outline by a zero-width cut at their closest points (as Ultralytics' COCO converter joins
+    segments), so even-odd filling leaves them empty. ``tolerance`` > 0 simplifies each ring with
     cv2.approxPolyDP, which keeps label lines short. A region too thin for a polygon gets its box.
     """
     import cv2
 
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    best = max(contours, key=cv2.contourArea) if contours else None
-    if best is not None and tolerance > 0:
-        simpler = cv2.approxPolyDP(best, float(tolerance), True)
-        best = simpler if len(simpler) >= 3 else best
-    if best is None or len(best) < 3 or cv2.contourArea(best) == 0:
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    rings = [_simplify(c, tolerance) for c in contours]
+    outer = [k for k in range(len(rings)) if hierarchy[0][k][3] < 0]  # one for a connected region
+    best = max(outer, key=lambda k: cv2.contourArea(rings[k]), default=None)
+    if best is None or len(rings[best]) < 3 or cv2.contourArea(rings[best]) == 0:
         ys, xs = np.nonzero(mask)
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
         return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
-    return best.reshape(-1, 2).astype(np.float64) + 0.5
+    polygon = rings[best].reshape(-1, 2).astype(np.float64)
+    for k in range(len(rings)):
+        if hierarchy[0][k][3] == best and len(rings[k]) >= 3 and cv2.contourArea(rings[k]) > 0:
+            polygon = _join_hole(polygon, rings[k].reshape(-1, 2).astype(np.float64))
+    return polygon + 0.5
+
+
+def _simplify(contour: np.ndarray, tolerance: float) -> np.ndarray:
+    import cv2
+
+    if tolerance <= 0 or len(contour) < 4:
+        return contour
+    simpler = cv2.approxPolyDP(contour, float(tolerance), True)
+    return simpler if len(simpler) >= 3 else contour
+
+
+def _join_hole(polygon: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Walk the outline to the point closest to the hole, around the hole, and back."""
+    distances = ((polygon[:, None, :] - hole[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(np.argmin(distances), distances.shape)
+    around = np.concatenate([hole[j:], hole[: j + 1]])
+    return np.concatenate([polygon[: i + 1], around, polygon[i:]])
 
 
 def write_compact_json(path: Path, data: Any) -> None:
