@@ -297,6 +297,11 @@ def test_labelstudio_export(evaldata, tmp_path):
             assert any(c == class_id and np.array_equal(mask, m) for c, m in expected)
 
 
+def rgb_code(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]).ravel()
+
+
 def test_cvat_segmentation_mask_zip(evaldata, tmp_path):
     items = voc_items(evaldata)
     folder = export_dataset(items, tmp_path, "cvat", VOC_NAMES, {"min_area": 20}, progress=False)["cvat"]
@@ -313,14 +318,16 @@ def test_cvat_segmentation_mask_zip(evaldata, tmp_path):
         for item in items:
             assert f"SegmentationClass/{item.stem}.png" in names
             classes = np.array(Image.open(z.open(f"SegmentationClass/{item.stem}.png")).convert("RGB"))
-            decoded = np.vectorize(lambda *c: VOC_NAMES.index(labelmap[c]), otypes=[int])(*classes.transpose(2, 0, 1))
+            codes, index = np.unique(rgb_code(classes), return_inverse=True)
+            ids = np.array([VOC_NAMES.index(labelmap[(c >> 16, (c >> 8) & 255, c & 255)]) for c in codes.tolist()])
+            decoded = ids[index].reshape(classes.shape[:2])
             labels = item.result.labels
             assert np.array_equal(decoded[labels != 255], labels[labels != 255])
             assert (decoded[labels == 255] == 0).all()  # void: black, as "background"
             objects = np.array(Image.open(z.open(f"SegmentationObject/{item.stem}.png")).convert("RGB"))
             expected = [m for c in range(1, 21) for m in components(labels, c, 20)]
             allowed = {tuple(c) for c in palette(len(expected) + 1)[1:].tolist()}
-            used = {tuple(c) for c in objects.reshape(-1, 3).tolist()} - {(0, 0, 0)}
+            used = {(c >> 16, (c >> 8) & 255, c & 255) for c in np.unique(rgb_code(objects)).tolist()} - {(0, 0, 0)}
             assert used == allowed  # one VOC colour per instance, by its 1-based index
             for colour in used:
                 drawn = (objects == colour).all(-1)
