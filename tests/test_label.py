@@ -69,6 +69,8 @@ def test_instances_are_the_connected_components_with_mean_probability(evaldata):
         keyed = {(i.class_id, i.mask.tobytes()): i for i in found}
         for class_id, mask in expected:
             inst = keyed[(class_id, mask.tobytes())]
+            x, y, w, h = inst.bbox
+            assert np.array_equal(inst.crop, mask[y : y + h, x : x + w])
             assert inst.class_name == VOC_NAMES[class_id] and inst.area == mask.sum()
             ys, xs = np.nonzero(mask)
             assert inst.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
@@ -436,6 +438,22 @@ def test_label_shards_by_rank_and_rank0_assembles(evaldata, tmp_path, monkeypatc
     a = json.loads((tmp_path / "sharded" / "coco-rle" / "annotations.json").read_text())
     b = json.loads((tmp_path / "single" / "coco-rle" / "annotations.json").read_text())
     assert a == b
+
+
+def test_label_nested_folders_and_an_output_folder_inside_the_inputs(evaldata, tmp_path):
+    folder = photos(evaldata, tmp_path, ids=("0",))
+    (folder / "sub").mkdir()
+    os.link(evaldata / VOC / "samples" / "8_image.png", folder / "sub" / "8_image.png")
+    kwargs = dict(formats="png,coco", device="cpu", progress=False, export={"copy_images": True})
+    first = label(folder, "cat; dog", folder / "ds", **kwargs)
+    assert first["labelled"] == 2 and (folder / "ds" / "png" / "labels" / "sub" / "8_image.png").is_file()
+    again = label(folder, "cat; dog", folder / "ds", **kwargs)  # the exported images are not inputs
+    assert again["images"] == 2 and again["skipped"] == 2
+    coco = json.loads((folder / "ds" / "coco" / "annotations.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == ["0_image.png", "sub/8_image.png"]
+    copied = folder / "ds" / "coco" / "images" / "sub" / "8_image.png"
+    assert copied.read_bytes() == (folder / "sub" / "8_image.png").read_bytes()
+    assert copied.stat().st_ino != (folder / "sub" / "8_image.png").stat().st_ino
 
 
 CHILD = """

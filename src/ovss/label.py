@@ -141,6 +141,11 @@ def label(
     out = Path(out)
     inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     paths, stems, unreadable = plan_images(inputs, out, max_pixels)
+    # An output folder inside an input folder holds exported images: never label those again.
+    own = [k for k, p in enumerate(paths) if out.resolve() not in p.resolve().parents]
+    paths, stems = [paths[k] for k in own], [stems[k] for k in own]
+    if not paths:
+        raise InputError(f"no image to label outside the output folder {out}")
     if classes is None and not checkpoint:
         raise InputError('no class names given; pass them like --classes "cat; sofa, couch; plant"')
     vocab = build_vocabulary(classes, background) if classes is not None else None

@@ -17,14 +17,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Instance:
-    """One connected region of one class: the unit of every instance export (COCO, YOLO, Label Studio)."""
+    """One connected region of one class: the unit of every instance export (COCO, YOLO, Label Studio).
 
-    mask: np.ndarray = field(repr=False)  # (H, W) bool
+    The region is kept as its box-sized ``crop``, so many objects on a large image stay small;
+    ``mask`` gives the full-image mask when needed.
+    """
+
     class_id: int  # index into SegResult.class_names
     class_name: str
     score: float | None  # mean probability of the class inside the region; None without probabilities
     area: int  # pixels
     bbox: tuple[int, int, int, int]  # COCO XYWH in pixels: x, y, width, height (x + width is exclusive)
+    crop: np.ndarray = field(repr=False)  # (height, width) bool: the region inside its box
+    image_size: tuple[int, int] = (0, 0)  # (H, W) of the image
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(H, W) bool`` mask of the region over the whole image."""
+        x, y, w, h = self.bbox
+        full = np.zeros(self.image_size, dtype=bool)
+        full[y : y + h, x : x + w] = self.crop
+        return full
 
 
 def palette(n: int) -> np.ndarray:
@@ -92,9 +105,10 @@ class SegResult:
                 x, y, w, h, area = (int(v) for v in stats[k])
                 if area < max(min_area, 1):
                     continue
-                mask = components == k
-                score = None if confidence is None else float(confidence[mask].mean())
-                found.append(Instance(mask, int(class_id), self.class_names[class_id], score, area, (x, y, w, h)))
+                crop = components[y : y + h, x : x + w] == k
+                score = None if confidence is None else float(confidence[y : y + h, x : x + w][crop].mean())
+                name = self.class_names[class_id]
+                found.append(Instance(int(class_id), name, score, area, (x, y, w, h), crop, self.size))
         return found
 
     def to_supervision(self, min_area: int = 1, include_background: bool = False) -> supervision.Detections:

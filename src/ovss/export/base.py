@@ -177,6 +177,12 @@ def _swap_in(new: Path, target: Path) -> Path:
     return target
 
 
+def instance_polygon(instance: Instance, tolerance: float) -> np.ndarray:
+    """:func:`mask_polygon` of an instance, in image coordinates."""
+    x, y, _, _ = instance.bbox
+    return mask_polygon(instance.crop, tolerance) + np.array([x, y], dtype=np.float64)
+
+
 def mask_polygon(mask: np.ndarray, tolerance: float) -> np.ndarray:
     """The outline of one connected region as a single ``(K, 2)`` float polygon (x, y), K >= 3.
 

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import __version__
-from .base import Exporter, ExportItem, mask_polygon, write_compact_json
+from ..result import Instance
+from .base import Exporter, ExportItem, instance_polygon, write_compact_json
 
 
 class CocoPolygonExporter(Exporter):
@@ -31,7 +32,7 @@ class CocoPolygonExporter(Exporter):
                 "id": len(self.annotations) + 1,
                 "image_id": image_id,
                 "category_id": inst.class_id - self.skip + 1,
-                "segmentation": self._segmentation(inst.mask),
+                "segmentation": self._segmentation(inst),
                 "area": inst.area,
                 "bbox": [float(v) for v in inst.bbox],
                 "iscrowd": 0,
@@ -40,13 +41,13 @@ class CocoPolygonExporter(Exporter):
                 annotation["score"] = round(inst.score, 6)
             self.annotations.append(annotation)
 
-    def _segmentation(self, mask: np.ndarray) -> Any:
+    def _segmentation(self, inst: Instance) -> Any:
         if self.rle:
             from pycocotools import mask as mask_utils
 
-            encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            encoded = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
             return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
-        polygon = mask_polygon(mask, self.settings.polygon_tolerance)
+        polygon = instance_polygon(inst, self.settings.polygon_tolerance)
         return [[round(float(v), 2) for v in polygon.ravel()]]
 
     def finish(self) -> None:

@@ -48,7 +48,8 @@ class CvatExporter(Exporter):
         objects = np.zeros((*labels.shape, 3), dtype=np.uint8)
         colours = palette(len(found) + 1)
         for k, inst in enumerate(found, 1):
-            objects[inst.mask] = colours[k]
+            x, y, w, h = inst.bbox
+            objects[y : y + h, x : x + w][inst.crop] = colours[k]
         self.zip.writestr(f"SegmentationObject/{item.stem}.png", _png_bytes(objects))
         self.stems.append(item.stem)
 

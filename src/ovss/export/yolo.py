@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..io import atomic_path
-from .base import Exporter, ExportItem, mask_polygon
+from .base import Exporter, ExportItem, instance_polygon
 
 
 def yaml_string(text: str) -> str:
@@ -28,7 +28,7 @@ class YoloSegExporter(Exporter):
         h, w = item.result.size
         lines = []
         for inst in item.instances(self.settings):
-            polygon = mask_polygon(inst.mask, self.settings.polygon_tolerance)
+            polygon = instance_polygon(inst, self.settings.polygon_tolerance)
             scaled = np.clip(polygon / np.array([w, h], dtype=np.float64), 0.0, 1.0)
             lines.append(" ".join([str(inst.class_id - self.skip), *(f"{v:.6f}" for v in scaled.ravel())]))
         target = self.folder / "labels" / (item.stem + ".txt")
