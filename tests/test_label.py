@@ -352,6 +352,30 @@ def test_an_image_without_objects_gives_empty_annotations(tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no build folders left behind
 
 
+def test_a_failed_export_keeps_the_previous_dataset(evaldata, tmp_path, monkeypatch):
+    from ovss.export.cvat import CvatExporter
+
+    items = voc_items(evaldata, ids=("0", "120"))
+    export_dataset(items, tmp_path, "coco,cvat", VOC_NAMES, progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    calls = []
+
+    def crash(self, item):
+        calls.append(item.stem)
+        if len(calls) == 2:
+            raise RuntimeError("killed in the middle of the export")
+
+    monkeypatch.setattr(CvatExporter, "add", crash)
+    with pytest.raises(RuntimeError):
+        export_dataset(voc_items(evaldata, ids=("294", "582")), tmp_path, "coco,cvat", VOC_NAMES, progress=False)
+    assert {p: p.read_bytes() for p in before} == before  # the finished datasets are untouched
+    monkeypatch.undo()
+    export_dataset(items[:1], tmp_path, "coco", VOC_NAMES, progress=False)
+    assert len(json.loads((tmp_path / "coco" / "annotations.json").read_text())["images"]) == 1
+    assert not (tmp_path / "coco" / "images" / "120_image.png").exists()  # rebuilt, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco", "cvat"]
+
+
 def test_export_settings_are_checked():
     from ovss.export import ExportSettings
 

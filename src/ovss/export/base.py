@@ -148,9 +148,10 @@ def export_dataset(
     settings = settings if isinstance(settings, ExportSettings) else ExportSettings.from_dict(settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(".building-*"), *out.glob(".old-*")]:  # left by an interrupted export
+        shutil.rmtree(stale, ignore_errors=True)
     building = {name: out / f".building-{name}" for name in names}
     for folder in building.values():
-        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
     exporters = [get_exporter(name)(building[name], class_names, settings) for name in names]
     for item in tqdm(items, desc="export", unit="img", total=total, disable=not progress, file=sys.stderr):
