@@ -261,7 +261,7 @@ def decode_brush_rle(data: list[int]) -> np.ndarray:
 
 
 def test_brush_rle_round_trip():
-    from ovss.export.labelstudio import encode_brush_rle
+    from ovss.export.labelstudio import brush_rle, encode_brush_rle
 
     rng = np.random.default_rng(1)
     masks = [
@@ -270,10 +270,22 @@ def test_brush_rle_round_trip():
         rng.random((40, 33)) > 0.5,
         np.indices((20, 20)).sum(0) % 2 == 0,
     ]  # empty, one run over 2**16 values, noise, checkerboard
+    band = np.zeros((9, 6), bool)
+    band[2:5] = True  # whole rows: runs that go on across the right edge
+    band[5, :2] = band[1, 4:] = True
+    masks.append(band)
     for mask in masks:
         rgba = decode_brush_rle(encode_brush_rle(mask)).reshape(*mask.shape, 4)
         assert np.array_equal(rgba[..., 3] > 0, mask) and set(np.unique(rgba)) <= {0, 255}
         assert (rgba == rgba[..., :1]).all()
+    for _ in range(20):  # an object's box-sized crop placed in a larger image
+        h, w = rng.integers(1, 12, size=2)
+        big = np.zeros((int(h) + rng.integers(0, 5), int(w) + rng.integers(0, 5)), bool)
+        y, x = rng.integers(0, big.shape[0] - h + 1), rng.integers(0, big.shape[1] - w + 1)
+        crop = rng.random((h, w)) > 0.4
+        big[y : y + h, x : x + w] = crop
+        decoded = decode_brush_rle(brush_rle(crop, (int(x), int(y)), big.shape)).reshape(*big.shape, 4)
+        assert np.array_equal(decoded[..., 3] > 0, big)
 
 
 def test_labelstudio_export(evaldata, tmp_path):
