@@ -288,6 +288,17 @@ def test_brush_rle_round_trip():
         assert np.array_equal(decoded[..., 3] > 0, big)
 
 
+def test_brush_rle_matches_label_studio_converter(evaldata):
+    brush = pytest.importorskip("label_studio_converter.brush")  # Label Studio's own decoder, when installed
+    from ovss.export.labelstudio import brush_rle
+
+    for item in voc_items(evaldata, ids=("120", "582")):
+        for inst in item.result.instances(1):
+            h, w = item.result.size
+            decoded = brush.decode_rle(brush_rle(inst.crop, inst.bbox[:2], (h, w))).reshape(h, w, 4)[..., 3]
+            assert np.array_equal(decoded > 0, inst.mask)
+
+
 def test_labelstudio_export(evaldata, tmp_path):
     items = voc_items(evaldata, probs=True)
     folder = export_dataset(items, tmp_path, "labelstudio", VOC_NAMES, {"min_area": 20}, progress=False)["labelstudio"]
