@@ -28,9 +28,8 @@ class ExportSettings:
     labelstudio_from_name: str = "label"  # the <BrushLabels name=...> of the Label Studio project
     labelstudio_to_name: str = "image"  # the <Image name=...> it annotates
     labelstudio_url: str = "/data/local-files/?d=images/"  # prefix of data.image before the image's relative path
-    copy_images: bool = (
-        False  # copy images into the dataset folders instead of hard-linking them (copy if linking fails)
-    )
+    # copy images into the dataset folders instead of hard-linking them (they are copied where links fail)
+    copy_images: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ExportSettings:
@@ -56,6 +55,10 @@ class ExportItem:
     image: Path | None = None  # the source image file; formats with an images/ folder link it there
     _instances: list[Instance] | None = dataclasses.field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            self.image = Path(self.image)
+
     @property
     def file_name(self) -> str:
         """The image's relative file name in the dataset (``sub/a.jpg``)."""
@@ -67,7 +70,7 @@ class ExportItem:
         return self._instances
 
     def release(self) -> None:
-        self._instances = None  # instance masks are full-size; free them once every format has its copy
+        self._instances = None  # every format has had them: free the crops before the next image
 
 
 class Exporter:
