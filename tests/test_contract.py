@@ -307,10 +307,13 @@ LAYERS = {
     "masks": 3,
     "losses": 3,
     "metrics": 3,
+    "export": 3,
     "methods": 4,
     "api": 5,
     "cli": 5,
     "evaluate": 5,
+    "labelling": 5,
+    "demo": 5,
     "testing": 5,
     "__init__": 5,
 }

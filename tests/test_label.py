@@ -27,7 +27,7 @@ from scipy import ndimage
 from ovss.data.classes import CLASS_NAMES
 from ovss.errors import InputError
 from ovss.export import ExportItem, export_dataset, parse_formats
-from ovss.label import add_label_parser, cmd_label, label
+from ovss.labelling import add_label_parser, cmd_label, label
 from ovss.result import SegResult, palette
 
 VOC = "vainf_voc_samples"
@@ -512,7 +512,7 @@ def slow(self, *args, **kwargs):  # slow enough to be killed in the middle of th
     return segment(self, *args, **kwargs)
 ovss.api.Segmenter.segment = slow
 import argparse
-from ovss.label import add_label_parser, cmd_label
+from ovss.labelling import add_label_parser, cmd_label
 parser = argparse.ArgumentParser()
 add_label_parser(parser.add_subparsers())
 args = parser.parse_args(["label", sys.argv[1], "--classes", "cat; dog; person", "--background", "words",

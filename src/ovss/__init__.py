@@ -3,6 +3,7 @@
 from ._version import __version__
 from .api import Segmenter
 from .errors import InputError, ModelLoadError, OvssError
+from .labelling import label
 from .methods import available_methods
 from .result import SegResult
 from .vocab import Vocabulary, build_vocabulary, parse_classes
@@ -17,5 +18,6 @@ __all__ = [
     "__version__",
     "available_methods",
     "build_vocabulary",
+    "label",
     "parse_classes",
 ]

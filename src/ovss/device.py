@@ -42,3 +42,14 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         raise InputError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def device_for_rank(device: str | None) -> str | None:
+    """Under torchrun with GPUs and no device given, each local rank takes its own GPU."""
+    import os
+
+    import torch
+
+    if device in (None, "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return device

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .device import device_for_rank
 from .errors import InputError
 from .io import atomic_path, write_json
 from .jobs import dist_info
@@ -51,14 +52,6 @@ class EvalJob:
     checkpoint: str | None = None
     sam: str | None = None
     refine: dict[str, Any] | None = None  # SAM mask refinement, as Segmenter(refine=...)
-
-
-def _device_for_rank(device: str | None) -> str | None:
-    import torch
-
-    if device in (None, "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    return device
 
 
 def benchmark_vocabulary(job: EvalJob, background: str | list[str], num_classes: int) -> Vocabulary:
@@ -131,7 +124,7 @@ def _segmenter(job: EvalJob):
         dino=job.dino,
         sam=job.sam,
         checkpoint=job.checkpoint,
-        device=_device_for_rank(job.device),
+        device=device_for_rank(job.device),
         refine=job.refine,
         benchmark=job.benchmark,
         protocol=job.protocol,

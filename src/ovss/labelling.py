@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .device import device_for_rank
 from .errors import InputError
 
 DEFAULT_FORMATS = "png,coco"
@@ -48,15 +49,6 @@ def _cache_files(cache: Path, stem: str) -> dict[str, Path]:
         "confidence": cache / "confidence" / f"{stem}.png",
         "marker": cache / "done" / f"{stem}.json",
     }
-
-
-def _device_for_rank(device: str | None) -> str | None:
-    """Under torchrun with GPUs and no device given, each local rank takes its own GPU."""
-    import torch
-
-    if device in (None, "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    return device
 
 
 def _marker_state(marker: Path, job: dict[str, Any]) -> str | None:
@@ -226,7 +218,7 @@ def _segmenter(method, clip, dino, sam, checkpoint, device, max_pixels, settings
         dino=dino,
         sam=sam,
         checkpoint=checkpoint,
-        device=_device_for_rank(device),
+        device=device_for_rank(device),
         max_pixels=max_pixels,
         **settings,
     )
@@ -311,7 +303,7 @@ def _cached_items(cache: Path, done: list[tuple[Path, str]], class_names: list[s
 
 def add_label_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``label`` on an ``argparse`` sub-parser collection; returns the new parser."""
-    from .cli import _classes_arg, _model_args, _set_arg
+    from .cliargs import add_model_args, classes_arg, set_arg
     from .export import FORMATS
 
     p = subparsers.add_parser(
@@ -324,7 +316,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--classes",
         "-c",
-        type=_classes_arg,
+        type=classes_arg,
         help='class names: "cat; sofa, couch; plant", or @FILE with one class per line',
     )
     p.add_argument("--method", "-m", default="sclip", help="method name (see `ovss methods`; default sclip)")
@@ -340,10 +332,10 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
         default="none",
         help="none, words (a 'background' class from 26 scene words), threshold, or words:a,b",
     )
-    _model_args(p)
+    add_model_args(p)
     p.add_argument(
         "--set",
-        type=_set_arg,
+        type=set_arg,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -358,7 +350,7 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--export-set",
-        type=_set_arg,
+        type=set_arg,
         action="append",
         default=[],
         metavar="KEY=VALUE",
