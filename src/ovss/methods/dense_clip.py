@@ -19,6 +19,10 @@ from .dense import DenseMatchingMethod, DenseSettings
 @dataclass(frozen=True)
 class DenseCLIPSettings(DenseSettings):
     variant: str = "sclip"  # last-block variant (METHODS.md §5.1)
+    # All five references run mmseg's test pipeline: OpenCV resize of the uint8 image and the
+    # data preprocessor's rounded 0-255 constants (docs/protocol.md).
+    resize_backend: str = "cv2"
+    pixel_constants: str = "mmseg"
 
     def validate(self) -> None:
         check_variant(self.variant)
@@ -47,7 +51,7 @@ def _register(name: str, description: str, reference: str, **defaults) -> None:
 _register("sclip", "SCLIP: correlative self-attention (q-q + k-k) in the last block", "Wang et al., ECCV 2024")
 _register(
     "naclip", "NACLIP: k-k attention with a Gaussian neighbourhood prior, PAMR on", "Hajimiri et al., WACV 2025",
-    pamr_iterations=10,
+    pamr_iterations=10, renormalize_probs=True,
 )  # fmt: skip
 _register(
     "clearclip", "ClearCLIP: q-q attention without residual or FFN", "Lan et al., ECCV 2024",
