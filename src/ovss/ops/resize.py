@@ -12,7 +12,6 @@ level on many pixels, so the backend is a choice (see docs/protocol.md):
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,6 +29,16 @@ def keep_ratio_size(height: int, width: int, short_side: int, long_max: int = 20
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
+def _opencv():
+    try:
+        import cv2
+    except ImportError:
+        raise InputError(
+            "resize_backend 'cv2' needs OpenCV: pip install opencv-python-headless (or set resize_backend='torch')"
+        ) from None
+    return cv2
+
+
 def check_resize_backend(backend: str) -> str:
     if backend not in RESIZE_BACKENDS:
         raise InputError(f"resize_backend {backend!r} is unknown; choose one of {', '.join(RESIZE_BACKENDS)}")
@@ -43,6 +52,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int], backend: str = "torch
     if (h, w) == tuple(image.shape[:2]):
         out = image
     elif backend == "cv2":
+        cv2 = _opencv()
         out = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
     elif backend == "pil":
         out = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
