@@ -37,13 +37,12 @@ _CORRCLIP = NameSource(
 )
 
 # Family -> its name files. NACLIP (sinahmr/NACLIP@0cac3a6) and SC-CLIP (SuleBai/SC-CLIP@0417ba9)
-# ship files identical to SCLIP's (same git blobs); MaskCLIP runs in ClearCLIP's code.
+# ship files identical to SCLIP's (same git blobs).
 NAME_SOURCES: dict[str, NameSource] = {
     "sclip": _SCLIP,
     "naclip": _SCLIP,
     "sc_clip": _SCLIP,
     "clearclip": _CLEARCLIP,
-    "maskclip": _CLEARCLIP,
     "proxyclip": _PROXYCLIP,
     "trident": _TRIDENT,
     "corrclip": _CORRCLIP,
