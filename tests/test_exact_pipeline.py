@@ -73,7 +73,8 @@ def test_file_to_labels_matches_official_pipeline(evaldata, segmenters, case):
 
 @pytest.mark.slow
 def test_naclip_pamr_on_a_large_non_square_image(evaldata, segmenters):
-    same, rel = _compare(segmenters("naclip"), evaldata / NON_SQUARE, OFFICIAL["naclip"])
+    # no background words: 8 query maps keep the convolutional reference PAMR quick
+    same, rel = _compare(segmenters("naclip"), evaldata / NON_SQUARE, OFFICIAL["naclip"], background=None)
     assert same >= LABEL_BAR and rel < PROB_RTOL, (same, rel)
 
 
