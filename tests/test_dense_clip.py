@@ -63,10 +63,10 @@ def _attention_output(y, attn, kind, grid, bias=None):
         elif kind == "naclip":
             omega = torch.zeros(t, t)
             gh, gw = grid
-            for i in range(gh * gw):
-                for j in range(gh * gw):
-                    (a1, b1), (a2, b2) = divmod(i, gw), divmod(j, gw)
-                    omega[1 + i, 1 + j] = math.exp(-((a1 - a2) ** 2 + (b1 - b2) ** 2) / (2 * 5.0**2))
+            rows = torch.arange(gh * gw) // gw  # token i sits at grid position divmod(i, gw)
+            cols = torch.arange(gh * gw) % gw
+            dist2 = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
+            omega[1:, 1:] = torch.exp(-dist2.double() / (2 * 5.0**2)).float()
             a = _softmax_rows(s * kh @ kh.T + omega)
         outs.append(a @ vh)
     return _lin(torch.cat(outs, dim=-1), attn.out_proj)

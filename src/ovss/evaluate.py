@@ -27,7 +27,7 @@ from .errors import InputError
 from .io import atomic_path, write_json
 from .jobs import dist_info
 from .metrics import ConfusionMatrix, format_table, to_markdown
-from .protocols import BENCHMARKS, METRIC_CONVENTIONS, resolve
+from .protocols import BENCHMARKS, METRIC_CONVENTIONS, ResolvedProtocol, resolve
 from .vocab import Vocabulary, build_vocabulary, parse_classes
 
 GROUND_TRUTH = "ground-truth"  # evaluates the labels against themselves: a layout self-check (100 mIoU)
@@ -70,6 +70,26 @@ def benchmark_vocabulary(job: EvalJob, background: str | list[str], num_classes:
             "check --names (one class per line, background words first where the benchmark has background)"
         )
     return vocab
+
+
+def eval_vocabulary(job: EvalJob, proto: ResolvedProtocol, num_classes: int) -> tuple[Vocabulary, str]:
+    """What an evaluation queries, and where the names come from: ``--names``, else the protocol
+    family's class-name files (synonyms and background words as its repository ships them), else
+    the dataset's own class names."""
+    if job.names is None and proto.names is not None and job.benchmark != "folder":
+        from .data.protocol_names import protocol_names, protocol_vocabulary
+
+        try:
+            _, source = protocol_names(proto.names, job.benchmark)
+        except InputError:
+            source = None  # the family ships no list for this benchmark: the dataset's names
+        if source is not None:
+            vocab = protocol_vocabulary(proto.names, job.benchmark)
+            if vocab.num_classes != num_classes:
+                raise InputError(f"{source} lists {vocab.num_classes} classes but {job.benchmark} has {num_classes}")
+            return vocab, source
+    source = "--names" if job.names is not None else f"the dataset's own class names ({job.benchmark})"
+    return benchmark_vocabulary(job, proto.background, num_classes), source
 
 
 def _git_commit() -> str | None:
@@ -141,7 +161,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     metric = job.metric or proto.metric
     if metric not in METRIC_CONVENTIONS:
         raise InputError(f"unknown metric convention {metric!r}; use one of {', '.join(METRIC_CONVENTIONS)}")
-    vocab = benchmark_vocabulary(job, proto.background, dataset.num_classes)
+    vocab, names_source = eval_vocabulary(job, proto, dataset.num_classes)
     settings = dataclasses.asdict(segmenter.settings) if segmenter else {}
 
     count = len(dataset) if job.limit is None else min(job.limit, len(dataset))
@@ -159,7 +179,8 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     if rank != 0:
         return None
     total = _gather(out, world, ConfusionMatrix(dataset.num_classes, dataset.ignore_index), signature)
-    return _report(job, total, metric, proto, vocab, segmenter, settings, len(samples), world)
+    report = _report(job, total, metric, proto, vocab, segmenter, settings, len(samples), world, names_source)
+    return report
 
 
 def _evaluate_shard(
@@ -196,6 +217,7 @@ def _report(
     settings: dict[str, Any],
     images: int,
     world: int,
+    names_source: str,
 ) -> dict[str, Any]:
     results = total["matrix"].results(metric)
     other = next(c for c in METRIC_CONVENTIONS if c != metric)
@@ -224,6 +246,7 @@ def _report(
         "refine": segmenter.refine_settings() if segmenter else None,
         "overrides": job.overrides,
         "vocabulary": vocab.to_dict(),
+        "class_names_source": names_source,
         "models": models,
         "device": str(segmenter.device) if segmenter else None,
         "world_size": world,

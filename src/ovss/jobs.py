@@ -33,6 +33,10 @@ def output_stems(paths: Sequence[Path], inputs: Sequence[str | os.PathLike]) -> 
     stems = [next((p.relative_to(r) for r in roots if r in p.parents), Path(p.name)).with_suffix("") for p in paths]
     seen: dict[Path, Path] = {}
     for stem, path in zip(stems, paths):
+        # "..jpg" gives the stem "." and "...jpg" the stem "..": outputs would land beside or
+        # above the output folder.
+        if stem.is_absolute() or stem.name in ("", ".", "..") or ".." in stem.parts:
+            raise InputError(f"{path}: its name gives no usable output name inside the output folder; rename it")
         if stem in seen:
             raise InputError(f"{seen[stem]} and {path} would write the same outputs ({stem}); rename one")
         seen[stem] = path

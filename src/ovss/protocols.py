@@ -21,6 +21,7 @@ WITH_BACKGROUND = ("voc21", "pc60", "coco_object")
 FAMILIES: dict[str, dict[str, Any]] = {
     "sclip": {  # LaVG identical
         "source": "PROTOCOL.md §4.2 (SCLIP row), §4.3, §9 families.sclip",
+        "names": "sclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "coco_stuff171": 448, "cityscapes": 560},
         "window": {"default": (224, 112)},
         "logit_scale": {"default": 40.0, "voc21": 65.0, "pc60": 50.0, "coco_object": 50.0},
@@ -33,6 +34,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "naclip": {  # ResCLIP identical
         "source": "PROTOCOL.md §4.2 (NACLIP row), §4.3, §9 families.naclip",
+        "names": "naclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "cityscapes": 560},
         "window": {"default": (224, 112), "voc21": None, "voc20": None},
         "logit_scale": {"default": 40.0},
@@ -45,6 +47,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "clearclip": {
         "source": "PROTOCOL.md §4.2 (ClearCLIP row), §4.3, §5.3 (padding), §9 families.clearclip",
+        "names": "clearclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 448},
         "window": {"default": (448, 224), "cityscapes": (224, 224)},
         "pad_to": {"default": "patch"},
@@ -63,6 +66,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "sc_clip": {
         "source": "PROTOCOL.md §4.2 (SC-CLIP row), §4.3, §9 families.sc_clip",
+        "names": "sc_clip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "cityscapes": 560},
         "window": {"default": (224, 112)},
         "logit_scale": {"default": 40.0, "voc21": 50.0, "coco_object": 55.0},
@@ -76,6 +80,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "trident": {
         "source": "PROTOCOL.md §4.2 (Trident row), §4.3, §9 families.trident",
+        "names": "trident",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {
             "default": 336,
             "voc21": 448,
@@ -99,6 +104,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "proxyclip_corrclip": {
         "source": "PROTOCOL.md §4.2 (ProxyCLIP / CorrCLIP row), §4.3, §5.3, §9 families.proxyclip_corrclip",
+        "names": "proxyclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "cityscapes": 448, "ade20k150": 448},
         "window": {"default": (336, 112), "cityscapes": (224, 112)},
         "pad_to": {"default": 56},
@@ -124,7 +130,7 @@ def register_family(name: str, table: dict[str, Any]) -> None:
 
 METRIC_CONVENTIONS = ("union", "present")
 # Entries of a family table that are not method settings.
-META_KEYS = ("source", "notes", "background", "metric")
+META_KEYS = ("source", "notes", "background", "metric", "names")
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,7 @@ class ResolvedProtocol:
     metric: str
     source: str
     notes: dict[str, str] = field(default_factory=dict)
+    names: str | None = None  # the family whose class-name files are queried; None: the dataset's own names
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +155,7 @@ class ResolvedProtocol:
             "metric": self.metric,
             "source": self.source,
             "notes": self.notes,
+            "names": self.names,
         }
 
 
@@ -171,5 +179,12 @@ def resolve(family: str, benchmark: str) -> ResolvedProtocol:
     if benchmark not in WITH_BACKGROUND:
         background = "none"
     return ResolvedProtocol(
-        family, benchmark, settings, background, spec["metric"], spec["source"], dict(spec.get("notes", {}))
+        family,
+        benchmark,
+        settings,
+        background,
+        spec["metric"],
+        spec["source"],
+        dict(spec.get("notes", {})),
+        spec.get("names"),
     )

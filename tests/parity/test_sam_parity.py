@@ -109,12 +109,13 @@ def match(ref: list[dict], ours) -> list[int]:
     return out
 
 
-def compare(ref: list[dict], ours, iou_min: float = 0.99, tie: float = 1e-5) -> dict:
+def compare(ref: list[dict], ours, iou_min: float = 0.99, tie: float = 1e-5, max_pixel_diff: int = 0) -> dict:
     """Mask-by-mask agreement; raises AssertionError with the first difference.
 
     Masks are paired by point, crop and level (closest predicted IoU). The output order (NMS
     sorts by predicted IoU) must be the same except between masks whose scores differ by less
-    than ``tie``: float rounding may swap those, on either side."""
+    than ``tie``: float rounding may swap those, on either side. Each mask must equal Meta's
+    pixel for pixel (up to ``max_pixel_diff`` differing pixels), as well as by IoU."""
     assert len(ours) == len(ref), f"{len(ours)} masks from ovss, {len(ref)} from segment_anything"
     pairs = match(ref, ours)
     assert len(set(pairs)) == len(pairs), "two Meta masks matched one ovss mask"
@@ -123,13 +124,15 @@ def compare(ref: list[dict], ours, iou_min: float = 0.99, tie: float = 1e-5) -> 
         if i != j:
             swapped += 1
             assert abs(ref[i]["predicted_iou"] - ours[i]["predicted_iou"]) < tie, f"order differs at {i}"
-    ious = []
+    ious, pixel_diffs = [], []
     for i, j in enumerate(pairs):
         a, b = ref[i], ours[j]
         ma, mb = a["segmentation"], b["segmentation"]
         iou = float((ma & mb).sum() / max(1, (ma | mb).sum()))
         ious.append(iou)
+        pixel_diffs.append(int((ma != mb).sum()))
         assert iou > iou_min, f"mask {i}: IoU {iou:.4f}"
+        assert pixel_diffs[-1] <= max_pixel_diff, f"mask {i}: {pixel_diffs[-1]} pixels differ from Meta's"
         assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-4, f"mask {i}: predicted_iou"
         assert abs(a["stability_score"] - b["stability_score"]) < 1e-3, f"mask {i}: stability_score"
         assert np.allclose(a["point_coords"], b["point_coords"]), f"mask {i}: point_coords"
@@ -141,6 +144,7 @@ def compare(ref: list[dict], ours, iou_min: float = 0.99, tie: float = 1e-5) -> 
         "tie_swaps": swapped,
         "min_iou": min(ious) if ious else None,
         "mean_iou": float(np.mean(ious)) if ious else None,
+        "max_pixel_diff": max(pixel_diffs) if pixel_diffs else None,
     }
 
 

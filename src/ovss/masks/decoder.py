@@ -2,7 +2,11 @@
 
 Both states answer the same question for a batch of point prompts (in the crop's pixel frame):
 the predicted IoU of every (point, level) pair, and low-resolution mask logits for the pairs a
-filter keeps; then they map logits to the crop's full size, exactly as Meta's predictors do.
+filter keeps; then they map logits to the crop's full size. ``upsample="interpolate"`` does it
+with ``F.interpolate`` as Meta's ``postprocess_masks`` does (SAM: to the padded square input,
+crop the unpadded part, to the crop size; SAM2: once, to the crop size), pixel for pixel;
+``"matrix"`` folds the same linear map into one row and one column matrix, equal in exact
+arithmetic but rounded differently, which flips a few pixels next to the threshold.
 
 SAM's decoder (two-way transformer, then two stride-2 transposed convolutions and a
 hypernetwork product) is re-expressed with the same weights so that per-prompt work is small:
@@ -50,6 +54,7 @@ class _CropState:
     input_hw: tuple[int, int]  # the resized crop inside the square input
     crop_hw: tuple[int, int]
     low_hw: tuple[int, int]  # low-resolution logits size
+    upsample: str = "interpolate"  # "interpolate" (Meta's steps) | "matrix" (one product)
     _mats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def valid_low_res(self) -> tuple[int, int]:
@@ -62,20 +67,34 @@ class _CropState:
     def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _interpolate(self, logits: torch.Tensor) -> torch.Tensor:
+        """(k, lh, lw) -> (k, ch, cw) with Meta's interpolation steps."""
+        raise NotImplementedError
+
+    def _largest_step(self) -> int:
+        """Floats per mask held at once on the interpolation route."""
+        return self.crop_hw[0] * self.crop_hw[1]
+
+    def upsample_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(k, lh, lw) low-res logits -> (k, ch, cw) full-size logits by the chosen route."""
+        if self.upsample == "interpolate":
+            return self._interpolate(logits.float())
+        if self._mats is None:
+            my, mx = self._matrices()
+            self._mats = (my.to(logits.device), mx.T.contiguous().to(logits.device))
+        my, mxt = self._mats
+        return my @ logits.float() @ mxt
+
     def full_size(self, logits: torch.Tensor, threshold: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res logits (M, lh, lw) -> boolean masks at the crop's size and their stability
         scores, chunked so that at most ~64 MB of full-size logits exist at once."""
         ch, cw = self.crop_hw
         if logits.shape[0] == 0:
             return torch.zeros(0, ch, cw, dtype=torch.bool), torch.zeros(0)
-        if self._mats is None:
-            my, mx = self._matrices()
-            self._mats = (my.to(logits.device), mx.T.contiguous().to(logits.device))
-        my, mxt = self._mats
-        step = max(1, (1 << 24) // max(1, ch * cw))
+        step = max(1, (1 << 24) // max(1, self._largest_step()))
         masks, stabs = [], []
         for a in range(0, logits.shape[0], step):
-            full = my @ logits[a : a + step].float() @ mxt  # (k, ch, cw)
+            full = self.upsample_logits(logits[a : a + step])  # (k, ch, cw)
             stabs.append(amg.stability_score(full, threshold, offset).cpu())
             masks.append((full > threshold).cpu())
         return torch.cat(masks), torch.cat(stabs)
@@ -126,6 +145,15 @@ class SamCropState(_CropState):
         my = bilinear_matrix(ch, ih).double() @ bilinear_matrix(s, lh).double()[:ih]
         mx = bilinear_matrix(cw, iw).double() @ bilinear_matrix(s, lw).double()[:iw]
         return my.float(), mx.float()
+
+    def _interpolate(self, logits: torch.Tensor) -> torch.Tensor:
+        (ih, iw), s = self.input_hw, self.input_size
+        x = F.interpolate(logits[:, None], size=(s, s), mode="bilinear", align_corners=False)
+        x = F.interpolate(x[..., :ih, :iw], size=self.crop_hw, mode="bilinear", align_corners=False)
+        return x[:, 0]
+
+    def _largest_step(self) -> int:
+        return max(self.crop_hw[0] * self.crop_hw[1], self.input_size**2)
 
     # -- prompts
     def point_tokens(self, coords: np.ndarray) -> torch.Tensor:
@@ -311,6 +339,9 @@ class Sam2CropState(_CropState):
         """Meta's SAM2 ``postprocess_masks``: one bilinear resize from low-res to the crop size."""
         (lh, lw), (ch, cw) = self.low_hw, self.crop_hw
         return bilinear_matrix(ch, lh), bilinear_matrix(cw, lw)
+
+    def _interpolate(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(logits[:, None], size=self.crop_hw, mode="bilinear", align_corners=False)[:, 0]
 
     def to_input_frame(self, points: np.ndarray) -> np.ndarray:
         ch, cw = self.crop_hw

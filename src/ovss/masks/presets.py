@@ -15,6 +15,7 @@ from ..errors import InputError
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 STABILITY_AT = ("full", "low")
+UPSAMPLE = ("interpolate", "matrix")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class AMGSettings:
     input_size: int | None = None  # long side fed to the encoder; None = the model's (1024)
     stability_at: str = "full"  # "low": stability on the 256x256 logits, before upsampling (not exact)
     precision: str = "fp32"  # "bf16": autocast for encoder and decoder
+    # "interpolate": Meta's F.interpolate steps, pixel-exact; "matrix": one precomputed product (decoder.py)
+    upsample: str = "interpolate"
     decoder_micro_batch: int = 2  # prompts decoded together inside a batch (cache-sized; same results)
 
     def __post_init__(self) -> None:
@@ -67,6 +70,8 @@ class AMGSettings:
             raise InputError(f"unknown output_mode {self.output_mode!r}; use one of {', '.join(OUTPUT_MODES)}")
         if self.stability_at not in STABILITY_AT:
             raise InputError(f"stability_at must be 'full' or 'low', got {self.stability_at!r}")
+        if self.upsample not in UPSAMPLE:
+            raise InputError(f"upsample must be 'interpolate' or 'matrix', got {self.upsample!r}")
         if self.precision not in ("fp32", "bf16"):
             raise InputError(f"precision must be fp32 or bf16, got {self.precision!r}")
         for name in ("level_iou_offsets", "level_stability_offsets", "level_nms_offsets"):
@@ -118,14 +123,14 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "fast",
             "16x16 points, stability on the 256x256 logits, bf16 (about 4x fewer decodes than exact)",
-            {"points_per_side": 16, "stability_at": "low", "precision": "bf16"},
+            {"points_per_side": 16, "stability_at": "low", "precision": "bf16", "upsample": "matrix"},
             {"sam-vit-b": "7.3 s"},
         ),
         Preset(
             "sparse",
             "CorrCLIP's sparse grid: 8x8 points (CorrCLIP reports -0.6 mIoU vs 32x32), stability on the "
             "256x256 logits, bf16",
-            {"points_per_side": 8, "stability_at": "low", "precision": "bf16"},
+            {"points_per_side": 8, "stability_at": "low", "precision": "bf16", "upsample": "matrix"},
             {"sam-vit-b": "4.1 s", "sam2-hiera-tiny": "5.6 s"},
         ),
         Preset(
@@ -137,7 +142,13 @@ PRESETS: dict[str, Preset] = {
             "small-input",
             "16x16 points with a 512-pixel encoder input (4x fewer encoder tokens; SAM1 only; "
             "quality with real weights unmeasured)",
-            {"points_per_side": 16, "input_size": 512, "stability_at": "low", "precision": "bf16"},
+            {
+                "points_per_side": 16,
+                "input_size": 512,
+                "stability_at": "low",
+                "precision": "bf16",
+                "upsample": "matrix",
+            },
             {"sam-vit-b": "2.7 s"},
         ),
         Preset(

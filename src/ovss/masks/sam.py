@@ -234,11 +234,16 @@ class SamMaskGenerator:
             pixels, _ = sam2_pixels(cropped, size)
             with self._autocast():
                 embeddings = sam.model.get_image_embeddings(pixels.to(dev))
-            return Sam2CropState(sam.model, [e.float() for e in embeddings], size, cropped.shape[:2])
-        pixels, input_hw = sam_pixels(cropped, size)
-        with self._autocast():
-            emb = sam_image_embedding(sam.model, pixels.to(dev), size)
-            return SamCropState(sam.model, emb, size, input_hw, cropped.shape[:2], self.settings.decoder_micro_batch)
+            state = Sam2CropState(sam.model, [e.float() for e in embeddings], size, cropped.shape[:2])
+        else:
+            pixels, input_hw = sam_pixels(cropped, size)
+            with self._autocast():
+                emb = sam_image_embedding(sam.model, pixels.to(dev), size)
+                state = SamCropState(
+                    sam.model, emb, size, input_hw, cropped.shape[:2], self.settings.decoder_micro_batch
+                )
+        state.upsample = self.settings.upsample
+        return state
 
     def _autocast(self):
         from ..device import autocast

@@ -12,12 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..device import autocast, check_precision
 from ..errors import InputError
 from ..ops.pamr import pamr
 from ..ops.postprocess import postprocess
-from ..ops.resize import keep_ratio_size, normalize, resize_image, row_bands, upsample_rows
+from ..ops.resize import (
+    check_resize_backend,
+    keep_ratio_size,
+    normalize,
+    pixel_constants,
+    resize_image,
+    row_bands,
+    upsample_rows,
+)
 from ..ops.text import embed_queries
 from ..ops.windows import slide
 from ..templates import get_templates
@@ -45,6 +54,9 @@ class DenseSettings:
     templates: str = "openai_imagenet_80"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
     window_batch: int = 8  # windows per forward pass
+    resize_backend: str = "torch"  # cv2 | pil | torch: whose uint8 bilinear resize (ops.resize)
+    pixel_constants: str = "unrounded"  # mmseg = mean/std rounded as mmseg configs write them
+    renormalize_probs: bool = False  # returned probabilities divided by their sum over classes (NACLIP)
 
     def validate(self) -> None:
         check_precision(self.precision)
@@ -63,6 +75,8 @@ class DenseSettings:
             raise InputError(f"pad_to {self.pad_to!r} must be a positive number, 'patch' or None")
         if self.pamr_iterations < 0 or self.window_batch < 1:
             raise InputError("pamr_iterations must be >= 0 and window_batch >= 1")
+        check_resize_backend(self.resize_backend)
+        pixel_constants((0.5,), (0.5,), self.pixel_constants)
 
 
 def _check_pamr_memory(queries: int, size: tuple[int, int]) -> None:
@@ -109,7 +123,9 @@ class DenseMatchingMethod(Method):
         return h, w
 
     def pixels(self, image: np.ndarray) -> torch.Tensor:
-        return normalize(resize_image(image, self.resized_size(*image.shape[:2])), self.mean, self.std)
+        s = self.settings
+        resized = resize_image(image, self.resized_size(*image.shape[:2]), s.resize_backend)
+        return normalize(resized, self.mean, self.std, s.pixel_constants)
 
     @torch.no_grad()
     def query_scores(self, image: np.ndarray, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +149,15 @@ class DenseMatchingMethod(Method):
         size = image.shape[:2]
         if s.pamr_iterations > 0:
             _check_pamr_memory(len(vocab.queries), size)
-            full = pamr(upsample_rows(pixels, size), upsample_rows(scores, size), s.pamr_iterations, s.pamr_dilations)
+            # Score map and guide image upsampled with F.interpolate as SCLIP's and NACLIP's
+            # segmentors do: PAMR divides by the guide's local std, so in flat regions even
+            # float-rounding noise of another (equal in exact arithmetic) upsampling changes it.
+            full_scores, guide = (
+                F.interpolate(x[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+                for x in (scores, pixels)
+            )
+            full = pamr(guide, full_scores, s.pamr_iterations, s.pamr_dilations)
+            del full_scores, guide
 
             def band_fn(rows: slice) -> torch.Tensor:
                 return full[:, rows]
@@ -153,6 +177,7 @@ class DenseMatchingMethod(Method):
             has_background=vocab.has_background,
             bands=list(row_bands(size[0], size[1], len(vocab.queries))),
             return_probs=return_probs,
+            renormalize=s.renormalize_probs,
         )
         return MethodOutput(labels.numpy().astype(np.int32), None if probs is None else probs.numpy())
 

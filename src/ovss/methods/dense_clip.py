@@ -21,6 +21,10 @@ from .settings import family_defaults
 @dataclass(frozen=True)
 class DenseCLIPSettings(DenseSettings):
     variant: str = "sclip"  # last-block variant (METHODS.md §5.1)
+    # All five references run mmseg's test pipeline: OpenCV resize of the uint8 image and the
+    # data preprocessor's rounded 0-255 constants (docs/protocol.md).
+    resize_backend: str = "cv2"
+    pixel_constants: str = "mmseg"
 
     def validate(self) -> None:
         check_variant(self.variant)
@@ -39,9 +43,10 @@ class DenseCLIPMethod(DenseMatchingMethod):
         return self.clip.dense_features(pixels, self.settings.variant)
 
 
-def _register(name: str, description: str, reference: str, family: str) -> None:
-    # the protocol values (short side, windows, logit scale, PAMR, padding) come from the family's table
-    settings = family_defaults(dataclasses.replace(DenseCLIPSettings(), variant=name), family)
+def _register(name: str, description: str, reference: str, family: str, **behaviour) -> None:
+    # the protocol values (short side, windows, logit scale, PAMR, padding) come from the family's table;
+    # ``behaviour`` holds what the method itself does differently
+    settings = family_defaults(dataclasses.replace(DenseCLIPSettings(), variant=name, **behaviour), family)
     register_method(
         MethodSpec(name, description, DenseCLIPMethod, settings, ("clip",), reference, family=family, tier="A")
     )
@@ -53,6 +58,7 @@ _register(
     "NACLIP: k-k attention with a Gaussian neighbourhood prior, PAMR on",
     "Hajimiri et al., WACV 2025",
     "naclip",
+    renormalize_probs=True,  # NACLIP's segmentor divides the class probabilities by their sum
 )
 _register("clearclip", "ClearCLIP: q-q attention without residual or FFN", "Lan et al., ECCV 2024", "clearclip")
 _register(

@@ -3,6 +3,10 @@
 Raw cosine scores per query -> logit scale -> softmax over all queries -> a class's probability
 is the max over its synonyms -> optional ``area_thd`` -> argmax -> pixels under ``prob_thd``
 become class 0 (background, when there is one). Runs in bands of rows so huge images stay within memory.
+
+NACLIP's segmentor (sinahmr/NACLIP ``naclip.py``, ``postprocess_result``) then divides the
+returned class probabilities by their sum over classes, after the labels are taken; with
+``renormalize=True`` the returned probabilities do the same (labels are unchanged).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def postprocess(
     has_background: bool = False,
     bands: Sequence[slice] | None = None,
     return_probs: bool = False,
+    renormalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Labels ``(H, W)`` (int64) and, if asked, class probabilities ``(C, H, W)``."""
     height, width = size
@@ -66,5 +71,5 @@ def postprocess(
             lab[best < prob_thd] = 0
         labels[rows] = lab
         if full is not None:
-            full[:, rows] = probs
+            full[:, rows] = probs / probs.sum(dim=0, keepdim=True) if renormalize else probs
     return labels, full
