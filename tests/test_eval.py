@@ -131,3 +131,15 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "not found" in err
     assert main(["eval", "-m", "sclip", "--root", str(tmp_path)]) == 2
     assert main(["eval", "-m", "sclip", "-d", "voc21", "-p", "nosuch", "--root", str(tmp_path)]) == 2
+
+
+def test_sclip_protocol_queries_sclips_own_name_file(evaldata, tmp_path):
+    root = _layout("voc21", evaldata, tmp_path / "data")
+    report = run_eval(_job(root, tmp_path / "o", limit=1), progress=False)
+    assert sum(map(len, report["vocabulary"]["synonyms"])) == 56  # 26 background words, 7 person variants, ...
+    assert (
+        report["class_names_source"].startswith("wangf3014/SCLIP@") and "cls_voc21.txt" in report["class_names_source"]
+    )
+    job = _job(root, tmp_path / "own", limit=1)
+    job.names = "; ".join(["background", *[f"c{i}" for i in range(20)]])
+    assert run_eval(job, progress=False)["class_names_source"] == "--names"
