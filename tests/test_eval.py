@@ -141,5 +141,5 @@ def test_sclip_protocol_queries_sclips_own_name_file(evaldata, tmp_path):
         report["class_names_source"].startswith("wangf3014/SCLIP@") and "cls_voc21.txt" in report["class_names_source"]
     )
     job = _job(root, tmp_path / "own", limit=1)
-    job.names = "; ".join(["background", *[f"c{i}" for i in range(20)]])
+    job.names = "; ".join(["sky, wall", *[f"c{i}" for i in range(20)]])  # background words first
     assert run_eval(job, progress=False)["class_names_source"] == "--names"

@@ -60,8 +60,10 @@ def benchmark_vocabulary(job: EvalJob, background: str | list[str], num_classes:
 
     groups = parse_classes(job.names) if job.names else [[n] for n in benchmark_class_names(job.benchmark)]
     has_bg = background != "none"
-    if has_bg and job.names is None:
-        groups = groups[1:]  # class 0 of the benchmark is "background": queried by the protocol's words
+    if has_bg:
+        # class 0 is "background": the first line of --names holds its words, else the protocol's
+        background = groups[0] if job.names is not None else background
+        groups = groups[1:]
     # Benchmarks keep their protocol's name lists as they are, overlaps included.
     vocab = build_vocabulary([", ".join(g) for g in groups], background if has_bg else None, allow_overlap=True)
     if vocab.num_classes != num_classes:
