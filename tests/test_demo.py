@@ -12,6 +12,7 @@ import gc
 import html
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -94,9 +95,16 @@ def test_handler_parses_classes_and_writes_overlay_labels_json(app):
     assert np.abs(overlay[:, :width] - expected_blend(rgb, labels, background_first=True)).max() <= 1
     assert out.warnings and "tiny-random" in out.warnings[0]
 
+    # The page's legend lists the classes present, largest first, each in its overlay colour.
+    legend = re.findall(r'data-class="([^"]+)".*?background:rgb\((\d+),(\d+),(\d+)\)', out.legend)
+    present = [i for i in np.argsort(-counts, kind="stable") if counts[i]]
+    assert [name for name, *_ in legend] == [summary["vocabulary"]["names"][i] for i in present]
+    colours = voc_palette(4)
+    assert [tuple(int(v) for v in rgb_) for _, *rgb_ in legend] == [tuple(colours[i]) for i in present]
+
     returned = app.handle(str(CHELSEA), "cat; dog", "none", "", "sclip", "tiny-random")
     assert Image.open(returned[0]).size[1] == height
-    assert [row[0] for row in returned[1]] == ["cat", "dog"]
+    assert [row[0] for row in returned[2]] == ["cat", "dog"]
 
 
 def test_handler_own_background_words(app):
@@ -247,9 +255,18 @@ def _browser_or_skip(download_dir: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--window-size=1000,1250", f"--user-data-dir={tempfile.mkdtemp(prefix='ovss-chromium-')}"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1000,1250",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='ovss-chromium-')}",
+    ]
     for flag in flags:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
@@ -261,9 +278,15 @@ def _browser_or_skip(download_dir: Path):
 
 
 def _wait(condition, timeout: float, what: str):
+    """Poll ``condition`` until it is truthy; an element re-rendered under our feet counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.25)
@@ -272,10 +295,19 @@ def _wait(condition, timeout: float, what: str):
 
 def _start_demo(tmp_path: Path, proxy: RecordingProxy) -> tuple[subprocess.Popen, str, Path]:
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OVSS_CACHE_DIR": str(tmp_path / "cache"),
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url,
-           "http_proxy": proxy.url, "https_proxy": proxy.url, "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OVSS_CACHE_DIR": str(tmp_path / "cache"),
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "HTTP_PROXY": proxy.url,
+        "HTTPS_PROXY": proxy.url,
+        "http_proxy": proxy.url,
+        "https_proxy": proxy.url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "OMP_NUM_THREADS": "1",
+    }
     src = str(REPO / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     log = tmp_path / "server.log"
@@ -332,7 +364,8 @@ def _save_screenshot(driver, target: Path) -> None:
     shot = Image.open(raw).convert("RGB")
     if shot.width > 1000:
         shot = shot.resize((1000, round(shot.height * 1000 / shot.width)), Image.LANCZOS)
-    shot.quantize(256).save(target, optimize=True)
+    # Octree keeps the few saturated legend colours that median cut merges into grey.
+    shot.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(target, optimize=True)
     raw.unlink()
 
 
@@ -380,15 +413,27 @@ def test_demo_in_headless_chromium(tmp_path, evaldata):
 
         button = _wait(lambda: driver.find_element(By.ID, "ovss-download-png"), 30, "the label PNG button")
         button.click()
-        done = _wait(lambda: [p for p in downloads.glob("*.png") if not p.name.endswith(".crdownload")], 60,
-                     "the label PNG download")  # fmt: skip
+        done = _wait(
+            lambda: [p for p in downloads.glob("*.png") if not p.name.endswith(".crdownload")],
+            60,
+            "the label PNG download",
+        )
         labels = np.asarray(Image.open(done[0]))
         assert labels.shape == (height, width) and labels.max() < 4  # background + 3 classes
         # The overlay on the page is the photo blended with the colours of the downloaded labels.
         assert np.abs(shown[:, :width] - expected_blend(rgb, labels, background_first=True)).max() <= 1
+        names = ["background", "aeroplane", "person", "car"]
+        legend = driver.execute_script(
+            "return [...document.querySelectorAll('#ovss-legend .ovss-legend-item')].map(e => e.dataset.class)"
+        )
+        assert sorted(legend) == sorted(
+            names[i] for i in np.unique(labels)
+        )  # the page's legend names exactly the classes in the label map
 
-        for close in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body] .toast-close"):
-            close.click()  # the screenshot shows the page, not the pop-ups
+        # The screenshot shows the page, not the pop-ups.
+        driver.execute_script(
+            "document.querySelectorAll('[data-testid=toast-body] .toast-close').forEach(b => b.click())"
+        )
         _wait(lambda: not _toasts(driver), 15, "the pop-ups to close")
         _save_screenshot(driver, Path(os.environ.get("OVSS_DEMO_SCREENSHOT") or tmp_path / "demo.png"))
 

@@ -203,6 +203,7 @@ class RequestFolders:
 class DemoOutput:
     overlay: Path
     areas: list[list[Any]]  # rows of [class, pixels, percent]
+    legend: str  # HTML: a colour swatch per class present, as in the overlay
     label_png: Path
     summary_json: Path
     extra: list[Path]
@@ -212,6 +213,33 @@ class DemoOutput:
 def area_rows(result) -> list[list[Any]]:
     total = max(1, result.labels.size)
     return [[name, pixels, round(100.0 * pixels / total, 2)] for name, pixels in result.areas().items()]
+
+
+def _percent(pixels: int, total: int) -> str:
+    share = 100.0 * pixels / total
+    return f"{share:.1f}%" if share >= 0.1 else "<0.1%"
+
+
+def legend_html(result) -> str:
+    """The classes present with their overlay colours, largest first, large enough to read on the page."""
+    import html
+
+    from .result import class_colours
+
+    colours = class_colours(result.class_names)
+    total = max(1, result.labels.size)
+    present = sorted(((a, i) for i, a in enumerate(result.areas().values()) if a), reverse=True)
+    items = []
+    for pixels, index in present:
+        r, g, b = (int(v) for v in colours[index])
+        items.append(
+            f'<span class="ovss-legend-item" data-class="{html.escape(result.class_names[index])}" '
+            f'style="display:inline-flex;align-items:center;margin:0 14px 6px 0">'
+            f'<span style="display:inline-block;width:18px;height:18px;margin-right:6px;border:1px solid #333;'
+            f'background:rgb({r},{g},{b})"></span>{html.escape(result.class_names[index])} '
+            f"({_percent(pixels, total)})</span>"
+        )
+    return f'<div class="ovss-legend">{"".join(items)}</div>'
 
 
 class DemoApp:
@@ -271,7 +299,7 @@ class DemoApp:
         if result.info.get("random_weights"):
             names = ", ".join(result.info["random_weights"])
             warnings.append(f"{names} is tiny-random: a random model for tests, its labels are meaningless")
-        return DemoOutput(overlay, area_rows(result), label_png, summary_json, extra, warnings)
+        return DemoOutput(overlay, area_rows(result), legend_html(result), label_png, summary_json, extra, warnings)
 
     def read_image(self, image_path: str) -> np.ndarray:
         """The upload as RGB; errors name the file as uploaded, not gradio's copy of it."""
@@ -311,8 +339,10 @@ class DemoApp:
             gr.Warning(_one_line(message))
         return (
             str(out.overlay),
+            out.legend,
             out.areas,
             gr.DownloadButton(value=str(out.label_png), visible=True),
+            gr.DownloadButton(value=str(out.overlay), visible=True),
             gr.DownloadButton(value=str(out.summary_json), visible=True),
             gr.File(value=[str(p) for p in out.extra] or None, visible=bool(out.extra)),
         )
@@ -363,7 +393,7 @@ def build_demo(config: DemoConfig | None = None, app: DemoApp | None = None):
     def on_segment(image, classes, background, own_words, method, clip, progress=gr.Progress()):  # noqa: B008
         return app.handle(image, classes, background, own_words, method, clip, progress=progress)
 
-    with gr.Blocks(title="ovss demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    with gr.Blocks(title="ovss demo", analytics_enabled=False, delete_cache=(3600, 3600), fill_width=True) as demo:
         gr.Markdown(
             "## ovss: label every pixel with your own class names\n"
             "Upload a photo, type classes (`;` between classes, `,` between synonyms: `sofa, couch`), "
@@ -374,34 +404,50 @@ def build_demo(config: DemoConfig | None = None, app: DemoApp | None = None):
                 image = path_image_class(gr)(
                     label="photo", type="filepath", sources=["upload", "clipboard"], elem_id="ovss-image"
                 )
-                classes = gr.Textbox(label="classes", value=DEFAULT_CLASSES, elem_id="ovss-classes",
-                                     placeholder="cat; sofa, couch; potted plant")  # fmt: skip
+                classes = gr.Textbox(
+                    label="classes",
+                    value=DEFAULT_CLASSES,
+                    elem_id="ovss-classes",
+                    placeholder="cat; sofa, couch; potted plant",
+                )
                 with gr.Row():
-                    background = gr.Dropdown(list(BACKGROUND_CHOICES), value="words", label="background",
-                                             elem_id="ovss-background")  # fmt: skip
-                    own_words = gr.Textbox(label="my own background words", placeholder="sky, wall, floor",
-                                           elem_id="ovss-own-words")  # fmt: skip
+                    background = gr.Dropdown(
+                        list(BACKGROUND_CHOICES), value="words", label="background", elem_id="ovss-background"
+                    )
+                    own_words = gr.Textbox(
+                        label="my own background words", placeholder="sky, wall, floor", elem_id="ovss-own-words"
+                    )
                 with gr.Row():
                     method = gr.Dropdown(app.methods, value=config.method, label="method", elem_id="ovss-method")
-                    clip = gr.Textbox(label="CLIP model (hub id, local folder or tiny-random)", value=config.clip,
-                                      elem_id="ovss-clip")  # fmt: skip
+                    clip = gr.Textbox(
+                        label="CLIP model (hub id, local folder or tiny-random)", value=config.clip, elem_id="ovss-clip"
+                    )
                 run = gr.Button("Segment", variant="primary", elem_id="ovss-run")
                 if EXAMPLE_PHOTO.is_file():
                     gr.Examples([[str(EXAMPLE_PHOTO), DEFAULT_CLASSES]], inputs=[image, classes], label="example")
             with gr.Column(scale=1):
-                overlay = gr.Image(label="overlay", type="filepath", format="png", interactive=False,
-                                   elem_id="ovss-overlay")  # fmt: skip
-                areas = gr.Dataframe(headers=["class", "pixels", "%"], label="area per class", interactive=False,
-                                     elem_id="ovss-areas")  # fmt: skip
+                overlay = gr.Image(
+                    label="overlay",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    buttons=[],
+                    elem_id="ovss-overlay",
+                )
+                legend = gr.HTML(elem_id="ovss-legend")
+                areas = gr.Dataframe(
+                    headers=["class", "pixels", "%"], label="area per class", interactive=False, elem_id="ovss-areas"
+                )
                 with gr.Row():
                     label_png = gr.DownloadButton("label PNG", visible=False, elem_id="ovss-download-png")
+                    overlay_png = gr.DownloadButton("overlay PNG", visible=False, elem_id="ovss-download-overlay")
                     summary_json = gr.DownloadButton("JSON", visible=False, elem_id="ovss-download-json")
                 extra = gr.File(label="other formats", visible=False, file_count="multiple", elem_id="ovss-exports")
         image.upload(app.check_upload, inputs=[image], outputs=None)
         run.click(
             on_segment,
             inputs=[image, classes, background, own_words, method, clip],
-            outputs=[overlay, areas, label_png, summary_json, extra],
+            outputs=[overlay, legend, areas, label_png, overlay_png, summary_json, extra],
             concurrency_limit=1,  # one segmentation at a time: models are shared and CPU-bound
         )
     demo.ovss_app = app  # for tests and for cleanup
@@ -431,11 +477,20 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="tiny-random", help="CLIP shown first: hub id, local directory or tiny-random")
     p.add_argument("--dino", default=None, help="DINOv2/DINO for methods that need it")
     p.add_argument("--sam", default=None, help="SAM/SAM2 for methods that need it (tuss)")
-    p.add_argument("--checkpoint", "--classifier", dest="checkpoint", default=None,
-                   help="trained weights (fmbseg) or a fitted tuss classifier folder")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        "--classifier",
+        dest="checkpoint",
+        default=None,
+        help="trained weights (fmbseg) or a fitted tuss classifier folder",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
-    p.add_argument("--max-models", type=int, default=DEFAULT_MAX_MODELS,
-                   help=f"segmenters kept loaded at once (default {DEFAULT_MAX_MODELS})")  # fmt: skip
+    p.add_argument(
+        "--max-models",
+        type=int,
+        default=DEFAULT_MAX_MODELS,
+        help=f"segmenters kept loaded at once (default {DEFAULT_MAX_MODELS})",
+    )
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (default 64e6)")
 
 
@@ -443,8 +498,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     gr = import_gradio()
     if not 0 < args.port < 65536:
         raise InputError(f"--port {args.port} is not a port; use 1-65535 (e.g. 7860)")
-    config = DemoConfig(method=args.method, clip=args.clip, dino=args.dino, sam=args.sam, checkpoint=args.checkpoint,
-                        device=args.device, max_models=args.max_models, max_pixels=args.max_pixels)  # fmt: skip
+    config = DemoConfig(
+        method=args.method,
+        clip=args.clip,
+        dino=args.dino,
+        sam=args.sam,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        max_models=args.max_models,
+        max_pixels=args.max_pixels,
+    )
     demo = build_demo(config)
     print(f"ovss: demo on http://{args.host}:{args.port} (Ctrl+C to stop)", file=sys.stderr)
     try:
@@ -469,8 +532,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ovss.demo``: the same options as ``ovss demo``."""
-    parser = argparse.ArgumentParser(prog="ovss demo", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="ovss demo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _demo_arguments(parser)
     args = parser.parse_args(argv)
     try:
