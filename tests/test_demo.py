@@ -137,6 +137,12 @@ def test_handler_errors_are_one_line_pop_ups(app, tmp_path, image, classes, back
     assert str(tmp_path) not in message  # the upload is named as the user knows it
 
 
+def test_upload_path_reads_the_raw_page_value():
+    assert demo.upload_path({"path": "/tmp/x/photo.png", "orig_name": "photo.png"}) == "/tmp/x/photo.png"
+    assert demo.upload_path("/tmp/x/photo.png") == "/tmp/x/photo.png"
+    assert demo.upload_path(None) is None and demo.upload_path({"path": None}) is None and demo.upload_path("") is None
+
+
 def test_unavailable_method_is_refused(app):
     with pytest.raises(InputError, match="not available here"):
         app.segment(str(CHELSEA), "cat", "none", "", "tuss", "tiny-random")

@@ -358,30 +358,17 @@ def _one_line(text: str) -> str:
 
 # --- the page -------------------------------------------------------------------------------------
 
-_PATH_IMAGE: Any = None
 
+def upload_path(payload: Any) -> str | None:
+    """The uploaded file's path from the page's raw value (the events run with ``preprocess=False``).
 
-def path_image_class(gr) -> Any:
-    """``gr.Image`` that hands the uploaded file's path over undecoded.
-
-    gr.Image decodes uploads itself and turns a file that is not an image into a long
-    "Could not preprocess input component" message; ovss.io.load_image checks it instead and
-    raises a one-line InputError. Same page widget: the block name stays "image".
+    gr.Image would decode the upload itself and turn a file that is not an image into a long
+    "Could not preprocess input component" message; ovss.io.load_image checks it instead, in one line.
     """
-    global _PATH_IMAGE
-    if _PATH_IMAGE is None:
-
-        class PathImage(gr.Image):
-            def get_block_name(self) -> str:
-                return "image"
-
-            def preprocess(self, payload: Any) -> Any:
-                if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-                    return super().preprocess(payload)
-                return str(payload.path)
-
-        _PATH_IMAGE = PathImage
-    return _PATH_IMAGE
+    if payload is None or isinstance(payload, str):
+        return payload or None
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    return str(path) if path else None
 
 
 def build_demo(config: DemoConfig | None = None, app: DemoApp | None = None):
@@ -391,7 +378,10 @@ def build_demo(config: DemoConfig | None = None, app: DemoApp | None = None):
     config = app.config
 
     def on_segment(image, classes, background, own_words, method, clip, progress=gr.Progress()):  # noqa: B008
-        return app.handle(image, classes, background, own_words, method, clip, progress=progress)
+        return app.handle(upload_path(image), classes, background, own_words, method, clip, progress=progress)
+
+    def on_upload(image) -> None:
+        app.check_upload(upload_path(image))
 
     with gr.Blocks(title="ovss demo", analytics_enabled=False, delete_cache=(3600, 3600), fill_width=True) as demo:
         gr.Markdown(
@@ -401,9 +391,7 @@ def build_demo(config: DemoConfig | None = None, app: DemoApp | None = None):
         )
         with gr.Row():
             with gr.Column(scale=1):
-                image = path_image_class(gr)(
-                    label="photo", type="filepath", sources=["upload", "clipboard"], elem_id="ovss-image"
-                )
+                image = gr.Image(label="photo", type="filepath", sources=["upload", "clipboard"], elem_id="ovss-image")
                 classes = gr.Textbox(
                     label="classes",
                     value=DEFAULT_CLASSES,
@@ -443,12 +431,14 @@ def build_demo(config: DemoConfig | None = None, app: DemoApp | None = None):
                     overlay_png = gr.DownloadButton("overlay PNG", visible=False, elem_id="ovss-download-overlay")
                     summary_json = gr.DownloadButton("JSON", visible=False, elem_id="ovss-download-json")
                 extra = gr.File(label="other formats", visible=False, file_count="multiple", elem_id="ovss-exports")
-        image.upload(app.check_upload, inputs=[image], outputs=None)
+        # Raw values in (preprocess=False): the handler reads and checks the upload itself.
+        image.upload(on_upload, inputs=[image], outputs=None, preprocess=False)
         run.click(
             on_segment,
             inputs=[image, classes, background, own_words, method, clip],
             outputs=[overlay, legend, areas, label_png, overlay_png, summary_json, extra],
             concurrency_limit=1,  # one segmentation at a time: models are shared and CPU-bound
+            preprocess=False,
         )
     demo.ovss_app = app  # for tests and for cleanup
     return demo
