@@ -398,6 +398,15 @@ def test_demo_in_headless_chromium(tmp_path, evaldata):
         message = _wait(lambda: [t for t in _toasts(driver) if "holiday.png" in t], 60, "the not-an-image message")
         assert "not a readable image" in message[0] and "Traceback" not in message[0]
 
+        # The example row fills in the photo and the classes.
+        driver.get(url)
+        _wait(lambda: driver.find_elements(By.CSS_SELECTOR, upload), 60, "the upload field")
+        example = _wait(lambda: driver.find_elements(By.XPATH, f"//*[text()='{demo.DEFAULT_CLASSES}']"), 30, "examples")
+        example[0].click()
+        _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#ovss-image img"), 60, "the example photo")
+        box = driver.find_element(By.CSS_SELECTOR, "#ovss-classes textarea, #ovss-classes input")
+        assert box.get_attribute("value") == demo.DEFAULT_CLASSES
+
         driver.get(url)  # a fresh page
         _wait(lambda: driver.find_elements(By.CSS_SELECTOR, upload), 60, "the upload field")
         driver.find_element(By.CSS_SELECTOR, upload).send_keys(str(photo))

@@ -377,7 +377,9 @@ def build_demo(config: DemoConfig | None = None, app: DemoApp | None = None):
     app = app or DemoApp(config or DemoConfig())
     config = app.config
 
-    def on_segment(image, classes, background, own_words, method, clip, progress=gr.Progress()):  # noqa: B008
+    tracked = gr.Progress(track_tqdm=True)  # gradio finds it as a default: download bars show on the page too
+
+    def on_segment(image, classes, background, own_words, method, clip, progress=tracked):
         return app.handle(upload_path(image), classes, background, own_words, method, clip, progress=progress)
 
     def on_upload(image) -> None:
