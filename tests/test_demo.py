@@ -306,6 +306,7 @@ def _start_demo(tmp_path: Path, proxy: RecordingProxy) -> tuple[subprocess.Popen
         "HF_HUB_OFFLINE": "1",
         "OVSS_CACHE_DIR": str(tmp_path / "cache"),
         "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "TMPDIR": str(tmp_path / "tmp"),
         "HTTP_PROXY": proxy.url,
         "HTTPS_PROXY": proxy.url,
         "http_proxy": proxy.url,
@@ -314,6 +315,7 @@ def _start_demo(tmp_path: Path, proxy: RecordingProxy) -> tuple[subprocess.Popen
         "no_proxy": "127.0.0.1,localhost",
         "OMP_NUM_THREADS": "1",
     }
+    (tmp_path / "tmp").mkdir()
     src = str(REPO / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     log = tmp_path / "server.log"
@@ -463,6 +465,9 @@ def test_demo_in_headless_chromium(tmp_path, evaldata):
         assert hosts == {url.split("/")[2]}
         assert proxy.requests == [], f"the demo tried the network: {proxy.requests}"
         assert "Traceback" not in log.read_text()
+        assert list((tmp_path / "tmp").glob("ovss-demo-*")), "the outputs were not written where expected"
+        _stop(server)
+        assert server.returncode == 0 and not list((tmp_path / "tmp").glob("ovss-demo-*"))  # removed on SIGTERM
     finally:
         driver.quit()
         if server is not None:

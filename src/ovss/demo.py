@@ -13,6 +13,7 @@ import argparse
 import gc
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -179,13 +180,15 @@ class RequestFolders:
     """A fresh folder per request under one session folder, the oldest removed beyond a bound."""
 
     def __init__(self, keep: int = KEPT_REQUEST_FOLDERS) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ovss-demo-"))
+        self.root: Path | None = None  # made on the first request
         self._recent: deque[Path] = deque()
         self._keep = keep
         self._lock = threading.Lock()
 
     def new(self) -> Path:
         with self._lock:
+            if self.root is None:
+                self.root = Path(tempfile.mkdtemp(prefix="ovss-demo-"))
             folder = Path(tempfile.mkdtemp(dir=self.root))
             self._recent.append(folder)
             while len(self._recent) > self._keep:
@@ -193,7 +196,8 @@ class RequestFolders:
             return folder
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 # --- the handler behind the Segment button --------------------------------------------------------
@@ -501,6 +505,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
     )
     demo = build_demo(config)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a plain kill also removes the output folders
     print(f"ovss: demo on http://{args.host}:{args.port} (Ctrl+C to stop)", file=sys.stderr)
     try:
         demo.queue(default_concurrency_limit=1).launch(
@@ -520,6 +526,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         demo.ovss_app.folders.cleanup()
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
