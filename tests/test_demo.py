@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovss.errors import InputError
+from ovss.errors import InputError, ModelLoadError
 
 gr = pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
 
@@ -65,7 +65,7 @@ def app():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiny-random warns that it is random
-        application = demo.DemoApp(demo.DemoConfig(clip="tiny-random", device="cpu"))
+        application = demo.DemoApp(demo.DemoConfig(clip="tiny-random", device="cpu", settings={"templates": "simple"}))
     yield application
     application.folders.cleanup()
 
@@ -80,6 +80,7 @@ def test_handler_parses_classes_and_writes_overlay_labels_json(app):
 
     summary = json.loads(out.summary_json.read_text())
     assert summary["vocabulary"]["names"] == ["background", "cat", "sofa", "potted plant"]
+    assert summary["settings"]["templates"] == "simple"  # the demo's settings reach the method
     assert summary["vocabulary"]["synonyms"][1:] == [["cat"], ["sofa", "couch"], ["potted plant"]]
     assert summary["vocabulary"]["synonyms"][0][:3] == ["sky", "wall", "tree"]  # SCLIP's background words
 
@@ -200,6 +201,20 @@ def test_command_refuses_bad_options_before_serving():
     args = parser.parse_args(["demo", "--port", "70000"])
     with pytest.raises(InputError, match="not a port"):
         args.func(args)
+    args = parser.parse_args(["demo", "--clip", "no-such-org/no-such-clip", "--device", "cpu"])
+    with pytest.raises(ModelLoadError, match="no-such-org/no-such-clip"):
+        args.func(args)  # the models load before the page is served
+
+
+def test_command_reports_a_port_in_use():
+    parser = argparse.ArgumentParser()
+    demo.add_demo_parser(parser.add_subparsers())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = parser.parse_args(["demo", "--port", str(taken.getsockname()[1]), "--device", "cpu"])
+        with pytest.raises(InputError, match="pass another --port"):
+            args.func(args)
 
 
 def test_page_builds_with_the_offered_methods(app):

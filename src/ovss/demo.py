@@ -263,6 +263,11 @@ class DemoApp:
         self.cache = SegmenterCache(config.max_models)
         self.folders = RequestFolders()
 
+    def preload(self) -> None:
+        """Load the models the page starts with, so that a wrong --clip stops the command, not the first click."""
+        models = {"clip": self.config.clip, "dino": self.config.dino, "sam": self.config.sam}
+        cached_segmenter(self.cache, self.config.method, models, self.config)
+
     def segment(
         self,
         image_path: str | None,
@@ -505,8 +510,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
     )
     demo = build_demo(config)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a plain kill also removes the output folders
+    print(f"ovss: loading {config.method} with CLIP {config.clip} ...", file=sys.stderr)
+    demo.ovss_app.preload()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None  # kill cleans up too
     print(f"ovss: demo on http://{args.host}:{args.port} (Ctrl+C to stop)", file=sys.stderr)
     try:
         demo.queue(default_concurrency_limit=1).launch(
@@ -525,6 +532,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ) from None
     finally:
         demo.ovss_app.folders.cleanup()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
