@@ -54,6 +54,13 @@ def palette(n: int) -> np.ndarray:
     return colours
 
 
+def class_colours(class_names: list[str]) -> np.ndarray:
+    """The overlay colour of each class, ``(C, 3) uint8``: the VOC colours, black only for "background"."""
+    # Black is the VOC colour of "background"; without one, class 0 gets a visible colour.
+    shift = 0 if class_names[:1] == ["background"] else 1
+    return palette(max(len(class_names), 1) + shift)[shift:]
+
+
 @dataclass
 class SegResult:
     """A label map over the input image and everything needed to interpret and reproduce it."""
@@ -142,9 +149,7 @@ class SegResult:
     def overlay(self, image: np.ndarray | None = None, alpha: float = 0.5) -> Image.Image:
         """The image blended with class colours, with a legend of the classes present."""
         image = self.image if image is None else image
-        # Black is the VOC colour of "background"; without one, class 0 gets a visible colour.
-        shift = 0 if self.class_names[:1] == ["background"] else 1
-        colours = palette(max(len(self.class_names), 1) + shift)[shift:]
+        colours = class_colours(self.class_names)
         coloured = colours[self.labels % len(colours)]
         if image is None:
             blended = coloured
