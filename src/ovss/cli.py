@@ -16,6 +16,7 @@ from ._version import __version__
 from .cliargs import add_model_args, add_set_arg, classes_arg, flag_for, window_arg
 from .cliargs import parse_value as _parse_value  # noqa: F401  (kept for callers of the old name)
 from .data.cli import add_data_parser
+from .demo import add_demo_parser
 from .errors import InputError, OvssError
 from .labelling import add_label_parser
 from .masks.cli import add_masks_parser
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         # parsed by method_command_parser once --method is known; listed here for `ovss --help`
         sub.add_parser(command, help=f"{help} (ovss {command} --method NAME --help)", add_help=False)
     add_label_parser(sub)
+    add_demo_parser(sub)
     add_masks_parser(sub)
     add_data_parser(sub)
     met = sub.add_parser("methods", help="list the registered methods and their settings")

@@ -44,8 +44,6 @@ DEFAULT_CLASSES = "cat; sofa, couch; potted plant"
 DEFAULT_MAX_MODELS = 2
 # Request folders kept on disk; gradio copies the returned files into its own cache.
 KEPT_REQUEST_FOLDERS = 16
-# Methods that cannot run without trained weights (MethodSpec records no such flag yet).
-_NEEDS_CHECKPOINT = frozenset({"fmbseg"})
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[2] / "examples" / "chelsea.jpg"  # present in a source checkout
 
 
@@ -86,6 +84,10 @@ class SegmenterCache:
             raise InputError(f"--max-models is {max_items}; keep at least 1 model loaded")
         self.max_items = max_items
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        from .models.registry import ModelCache
+
+        # the server's own bounded backbone cache (a CLIP, a DINO and a SAM per segmenter at most)
+        self.models = ModelCache(3 * max_items)
         self._lock = threading.Lock()  # gradio runs handlers on worker threads
 
     def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
@@ -97,8 +99,19 @@ class SegmenterCache:
             self._items[key] = value
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
+                self._release_unused_models()
                 _release_memory()
             return value
+
+    def _release_unused_models(self) -> None:
+        """Drop backbones no kept segmenter uses, so an evicted segmenter frees its models."""
+        used = {
+            id(b)
+            for seg in self._items.values()
+            for b in getattr(getattr(seg, "method", None), "backbones", {}).values()
+        }
+        for key in [k for k, model in self.models.items() if id(model) not in used]:
+            self.models.drop(key)
 
     def keys(self) -> list[Hashable]:
         return list(self._items)
@@ -120,11 +133,13 @@ def cached_segmenter(cache: SegmenterCache, method: str, models: dict[str, str |
     settings = dict(config.settings)
     key = (method, tuple(sorted(models.items())), config.checkpoint, str(config.device), repr(sorted(settings.items())))
     extra = {"max_pixels": config.max_pixels} if config.max_pixels else {}
-    takes_checkpoint = get_method_spec(method).checkpoint_backbones is not None  # training-free methods do not
+    takes_checkpoint = get_method_spec(method).checkpoint != "none"  # training-free methods do not
     checkpoint = config.checkpoint if takes_checkpoint else None
     return cache.get(
         key,
-        lambda: Segmenter(method, device=config.device, checkpoint=checkpoint, **models, **extra, **settings),
+        lambda: Segmenter(
+            method, device=config.device, checkpoint=checkpoint, cache=cache.models, **models, **extra, **settings
+        ),
     )
 
 
@@ -138,11 +153,16 @@ def offered_methods(config: DemoConfig) -> list[str]:
     given = {"clip": True, "dino": config.dino is not None, "sam": config.sam is not None}
     names = []
     for name, spec in available_methods().items():
-        if name in _NEEDS_CHECKPOINT and not config.checkpoint:
+        if spec.checkpoint == "required" and not config.checkpoint:
             continue
         recorded: set[str] = set()
-        if name in _NEEDS_CHECKPOINT and spec.checkpoint_backbones:
-            recorded = set(spec.checkpoint_backbones(config.checkpoint))  # the backbones its weights were trained on
+        if spec.checkpoint == "required":
+            from .methods.settings import read_checkpoint
+
+            try:  # the backbones its weights were trained on
+                recorded = set(read_checkpoint(spec, config.checkpoint).backbones)
+            except OvssError:
+                continue  # a checkpoint of another method
         if all(given.get(kind, False) or kind in recorded for kind in spec.needs):
             names.append(name)
     return names

@@ -86,6 +86,12 @@ class ModelCache:
             self._items.popitem(last=False)
         return model
 
+    def items(self) -> list[tuple[tuple[str, str, str], Any]]:
+        return list(self._items.items())
+
+    def drop(self, key: tuple[str, str, str]) -> None:
+        self._items.pop(key, None)
+
     def release(self, role: str | None = None) -> int:
         """Drop every cached model (or those of one role); returns how many were dropped."""
         keys = [k for k in self._items if role is None or k[0] == role]
