@@ -8,12 +8,13 @@ names gets ``ovss NAME --method METHOD`` with its own options and nothing here c
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .cliargs import add_model_args, add_set_arg, classes_arg, flag_for, window_arg
+from .cliargs import OvssArgumentParser, add_model_args, add_set_arg, classes_arg, flag_for, window_arg
 from .cliargs import parse_value as _parse_value  # noqa: F401  (kept for callers of the old name)
 from .data.cli import add_data_parser
 from .demo import add_demo_parser
@@ -22,6 +23,19 @@ from .labelling import add_label_parser
 from .masks.cli import add_masks_parser
 
 EXIT_USAGE = 2
+# Errors of the user's file system (a read-only or full output folder, a file where a folder should be):
+# one line, not a traceback. Atomic writes leave no partial file behind.
+_USER_OS_ERRORS = {
+    errno.EACCES,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.EISDIR,
+    errno.EPERM,
+}
 
 # The subcommands methods contribute, with what each is for.
 METHOD_COMMANDS = {
@@ -47,11 +61,11 @@ output is meaningless).
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OvssArgumentParser(
         prog="ovss", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"ovss {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OvssArgumentParser)
     add_segment_parser(sub)
     add_eval_parser(sub)
     for command, help in METHOD_COMMANDS.items():
@@ -172,7 +186,7 @@ def method_command_parser(command: str, method: str) -> argparse.ArgumentParser:
     hook = spec.commands.get(command)
     if hook is None:
         raise InputError(f"method {method!r} has no `ovss {command}`; {_methods_with(command)}", option="method")
-    p = argparse.ArgumentParser(prog=f"ovss {command} --method {method}", description=hook.help)
+    p = OvssArgumentParser(prog=f"ovss {command} --method {method}", description=hook.help)
     p.add_argument("--method", "-m", default=method, help=f"the method ({method})")
     p.add_argument("--out", "-o", required=True, help="output folder")
     add_model_args(p)
@@ -392,6 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except OvssError as e:
         print(f"ovss: error: {e.with_flag(flag_for(e.option))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"ovss: error: {where}{e.strerror or e}; choose another output folder (--out) or free space",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ovss: interrupted; finished outputs are kept, re-run to continue", file=sys.stderr)

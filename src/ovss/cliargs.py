@@ -32,6 +32,14 @@ FLAGS = {
 }
 
 
+class OvssArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit code 2), like every other ovss error."""
+
+    def error(self, message: str):  # type: ignore[override]
+
+        self.exit(2, f"ovss: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def flag_for(option: str | None) -> str | None:
     if option is None:
         return None

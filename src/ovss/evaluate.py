@@ -157,6 +157,13 @@ def _segmenter(job: EvalJob):
 def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     """Evaluate; returns the results on rank 0 (None on other ranks)."""
     rank, world = dist_info()
+    if job.method != GROUND_TRUTH:  # the method, protocol and settings are checked before any file is read
+        from .methods import get_method_spec
+        from .methods.settings import resolve_settings
+
+        resolve_settings(get_method_spec(job.method), job.benchmark, job.protocol, job.checkpoint, job.overrides)
+    elif job.protocol is not None:
+        resolve(job.protocol, job.benchmark)
     dataset = _open_dataset(job)
     segmenter = _segmenter(job)
     proto = segmenter.protocol if segmenter is not None else resolve(job.protocol or "sclip", job.benchmark)

@@ -27,6 +27,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 # 20000x20000 photo is a one-line error and not an out-of-memory crash.
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 2
+MAX_ASPECT = 64  # long side / short side
 
 
 def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -40,11 +41,24 @@ def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     else:
         raise InputError(f"cannot read an image from a {type(image).__name__}; pass a path, PIL image or array")
     h, w = arr.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise InputError(f"image is {w}x{h} pixels; ovss needs at least {MIN_SIDE}x{MIN_SIDE}")
-    if h * w > max_pixels:
-        raise InputError(_too_big(w, h, max_pixels))
+    problem = shape_problem(w, h, max_pixels)
+    if problem:
+        raise InputError(problem)
     return arr
+
+
+def shape_problem(w: int, h: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why an image of this size cannot be segmented, or None: too small, too thin or too big."""
+    if min(h, w) < MIN_SIDE:
+        return f"image is {w}x{h} pixels; ovss needs at least {MIN_SIDE}x{MIN_SIDE}"
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return (
+            f"image is {w}x{h} pixels, too thin to segment (sides over {MAX_ASPECT}:1: a model patch would not fit "
+            "its short side after resizing); crop it into tiles"
+        )
+    if h * w > max_pixels:
+        return _too_big(w, h, max_pixels)
+    return None
 
 
 def _too_big(w: int, h: int, max_pixels: int) -> str:
@@ -136,10 +150,9 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
             w, h = im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: not a readable image ({_short(e)}); re-save it as PNG or JPEG") from None
-    if min(w, h) < MIN_SIDE:
-        raise InputError(f"{path}: image is {w}x{h} pixels; ovss needs at least {MIN_SIDE}x{MIN_SIDE}")
-    if w * h > max_pixels:
-        raise InputError(f"{path}: " + _too_big(w, h, max_pixels))
+    problem = shape_problem(w, h, max_pixels)
+    if problem:
+        raise InputError(f"{path}: {problem}")
 
 
 def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -164,7 +177,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    # the temporary name stays under the 255-byte file-name limit however long the output's name is
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:150]}.", suffix=".part" + path.suffix[:20], dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

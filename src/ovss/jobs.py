@@ -16,7 +16,13 @@ T = TypeVar("T")
 
 def dist_info() -> tuple[int, int]:
     """(rank, world size) from ``RANK``/``WORLD_SIZE`` (torchrun, accelerate launch); (0, 1) otherwise."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise InputError(
+            f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} are not whole numbers; "
+            "launch with torchrun or unset them"
+        ) from None
     if not 0 <= rank < world:
         raise InputError(f"RANK={rank} is outside WORLD_SIZE={world}")
     return rank, world

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..typecheck import check_settings
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 STABILITY_AT = ("full", "low")
@@ -89,6 +90,7 @@ class AMGSettings:
                 f"unknown mask-generator setting(s) {', '.join(sorted(unknown))}; known: "
                 + ", ".join(f.name for f in dataclasses.fields(self))
             )
+        check_settings(AMGSettings, changes, "mask-generator setting")
         if "point_grids" in changes and changes["point_grids"] is not None:
             changes["point_grids"] = tuple(tuple(tuple(map(float, p)) for p in g) for g in changes["point_grids"])
             changes.setdefault("points_per_side", None)

@@ -47,7 +47,11 @@ def available_mask_generators() -> dict[str, GeneratorSpec]:
 def get_mask_generator(name: str, **kwargs: Any):
     if name not in _REGISTRY:
         raise InputError(f"unknown mask generator {name!r}; use one of {', '.join(_REGISTRY)}")
-    return _REGISTRY[name].factory(**kwargs)
+    try:
+        return _REGISTRY[name].factory(**kwargs)
+    except TypeError as e:  # an unknown keyword: name it, one line
+        detail = str(e).split(")", 1)[-1].strip() or str(e)
+        raise InputError(f"mask generator {name!r}: {detail}; see `ovss masks --help` for its settings") from None
 
 
 def _sam(**kwargs: Any):

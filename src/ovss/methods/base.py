@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..typecheck import check_settings
 from ..vocab import Vocabulary
 
 
@@ -86,6 +87,7 @@ class MethodSpec:
                 f"method {self.name!r} has no setting {unknown[0]!r}; its settings are: {', '.join(known)}",
                 option=unknown[0],
             )
+        check_settings(type(self.settings), overrides, f"{self.name} setting")
         try:
             settings = dataclasses.replace(self.settings, **overrides)
         except TypeError as e:

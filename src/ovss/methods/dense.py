@@ -75,6 +75,10 @@ class DenseSettings:
             raise InputError(f"pad_to {self.pad_to!r} must be a positive number, 'patch' or None")
         if self.pamr_iterations < 0 or self.window_batch < 1:
             raise InputError("pamr_iterations must be >= 0 and window_batch >= 1")
+        if self.pamr_iterations and (not self.pamr_dilations or min(self.pamr_dilations) < 1):
+            raise InputError(
+                f"pamr_dilations {self.pamr_dilations!r} must be one or more positive numbers", option="pamr_dilations"
+            )
         check_resize_backend(self.resize_backend)
         pixel_constants((0.5,), (0.5,), self.pixel_constants)
 
@@ -137,6 +141,12 @@ class DenseMatchingMethod(Method):
         def score_fn(batch: torch.Tensor) -> torch.Tensor:
             return torch.einsum("bdhw,qd->bqhw", self.embed(batch.to(self.device)).float(), text)
 
+        if s.window is not None and min(s.window[0], min(pixels.shape[-2:])) < self.patch_size:
+            raise InputError(
+                f"window {s.window[0]} px (or the resized image {tuple(pixels.shape[-2:])}) is under one "
+                f"{self.patch_size}-pixel patch; use a crop of at least {self.patch_size}",
+                option="window",
+            )
         pad = self.patch_size if s.pad_to == "patch" else s.pad_to
         with autocast(self.device, s.precision):
             scores = slide(pixels, score_fn, s.window, s.window_batch, pad)

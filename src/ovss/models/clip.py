@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..ops.dense_clip import dense_clip_features
-from .loading import TINY_RANDOM, load_config, quiet_hub, warn_tiny_random
+from .loading import TINY_RANDOM, load_config, load_failure, quiet_hub, warn_tiny_random
 
 CLIP_MODEL_TYPES = ("clip", "metaclip_2")
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -169,6 +169,6 @@ def load_clip(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> CL
         with quiet_hub():
             model = AutoModel.from_pretrained(name)
             tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"could not load CLIP weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
+    except Exception as e:  # any failure of a user's folder is one line (load_failure says what to check)
+        raise load_failure(name, "CLIP", e) from None
     return CLIPBackbone(model, tokenizer, name, device)

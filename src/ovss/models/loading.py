@@ -33,6 +33,14 @@ def quiet_hub() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def load_failure(name: str, kind: str, error: BaseException) -> ModelLoadError:
+    """One line for any failure of ``from_pretrained`` on a local folder or hub id: a truncated or
+    foreign weights file (safetensors raises its own error type), missing or mismatched tensors."""
+    detail = (str(error).splitlines() or [type(error).__name__])[0][:160]
+    hint = "the weights file is truncated or not safetensors, or the folder holds another model; re-save it"
+    return ModelLoadError(f"could not load {kind} weights from {name!r}: {detail} ({hint})")
+
+
 def load_config(name: str, auto_config, kind: str):
     path = Path(name)
     if path.exists() and not path.is_dir():

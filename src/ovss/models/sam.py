@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .loading import TINY_RANDOM, load_config, quiet_hub, warn_tiny_random
+from .loading import TINY_RANDOM, load_config, load_failure, quiet_hub, warn_tiny_random
 
 TINY_RANDOM_SAM2 = "tiny-random-sam2"
 SAM_MEAN = (123.675, 116.28, 103.53)  # 0-255 scale, Meta's SAM
@@ -160,8 +160,8 @@ def load_sam(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> Sam
     try:
         with quiet_hub():
             model = cls.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"could not load SAM weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
+    except Exception as e:  # any failure of a user's folder is one line (load_failure says what to check)
+        raise load_failure(name, "SAM", e) from None
     return SamBackbone(model, name, device)
 
 

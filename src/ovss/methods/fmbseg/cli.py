@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...cliargs import classes_arg
 from ...errors import InputError
+from ...typecheck import check_settings
 from ..base import Command
 
 
@@ -43,6 +44,7 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
         raise InputError(
             f"pseudo-labelling has no setting {unknown[0]!r}; settings: {', '.join(sorted(known))}", option=unknown[0]
         )
+    check_settings(PseudoLabelSettings, dict(args.set), "pseudo-labelling setting")
     try:
         settings = PseudoLabelSettings(**dict(args.set))
     except TypeError as e:
@@ -88,11 +90,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ...models.registry import default_model
-    from .train import settings_from_overrides, train_fmbseg
+    from .train import TrainSettings, settings_from_overrides, train_fmbseg
 
     overrides = dict(args.set)
     named = {"epochs": args.epochs, "loss": args.loss, "module": args.module}
     overrides.update({k: v for k, v in named.items() if v is not None})
+    check_settings(TrainSettings, overrides, "training setting")
     settings = settings_from_overrides(overrides)
     result = train_fmbseg(
         Path(args.images),

@@ -41,6 +41,7 @@ from ...masks.painting import paint, votes
 from ...metrics import ConfusionMatrix
 from ...ops.text import embed_queries
 from ...result import label_image
+from ...typecheck import check_settings
 from ...vocab import Vocabulary
 from .classifier import SETTINGS, TUSSClassifier
 from .glcc import GLCC, LPConfig, ProbeConfig, RoundConfig, glcc_config
@@ -78,6 +79,7 @@ def fit_settings(overrides: dict[str, Any]) -> FitSettings:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise InputError(f"ovss fit tuss has no setting {unknown[0]!r}; settings: {', '.join(sorted(known))}")
+    check_settings(FitSettings, overrides, "fit setting")
     settings = FitSettings(**overrides)
     settings.validate()
     return settings
