@@ -57,6 +57,53 @@ def _tags(d: Path) -> Path:
     return d / "tags.json"
 
 
+def _empty_dir(d: Path) -> Path:
+    folder = d / "empty"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _corrupt(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    return d / "corrupt.png"
+
+
+def _truncated_jpeg(d: Path) -> Path:
+    path = _photo(d, "full.png", (64, 48))
+    Image.open(path).save(d / "truncated.jpg", quality=90)
+    data = (d / "truncated.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    return d / "truncated.jpg"
+
+
+def _bert(d: Path) -> Path:
+    folder = d / "bert"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    return folder
+
+
+def _tiny_clip_dir(d: Path) -> Path:
+    from ovss.models import save_tiny_clip
+
+    return Path(save_tiny_clip(d / "clip_ok"))
+
+
+def _fmbseg_run(d: Path) -> Path:
+    import torch
+
+    from ovss.checkpoints import save_checkpoint
+
+    return save_checkpoint(d / "run", "fmbseg", {"w": torch.zeros(1)}, {}, {"dino": "tiny-random"})
+
+
+def _latin1(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "classes.txt").write_bytes("caf\xe9; th\xe9".encode("latin-1"))
+    return d / "classes.txt"
+
+
 # name: (argv builder taking the tmp folder, a fragment of the expected message)
 CASES = {
     # segment
@@ -277,6 +324,166 @@ CASES = {
     # data
     "data: check missing root": (lambda t: ["data", "check", "voc21", "--root", str(t / "nope")], "nope"),
     "data: convert unknown": (lambda t: ["data", "convert", "nope", str(t)], "nope"),
+    # more of each command
+    "segment: empty folder": (lambda t: ["segment", str(_empty_dir(t)), "-c", "cat"], "no image"),
+    "segment: corrupt image": (lambda t: ["segment", str(_corrupt(t)), "-c", "cat"], "not a readable image"),
+    "segment: truncated jpeg": (lambda t: ["segment", str(_truncated_jpeg(t)), "-c", "cat"], "truncated.jpg"),
+    "segment: 1x1 image": (lambda t: ["segment", str(_photo(t, "tiny.png", (1, 1))), "-c", "cat"], "at least"),
+    "segment: background word as class": (
+        lambda t: ["segment", str(_photo(t)), "-c", "cat; road", "--background", "words"],
+        "road",
+    ),
+    "segment: empty own background words": (
+        lambda t: ["segment", str(_photo(t)), "-c", "cat", "--background", "words:"],
+        "background",
+    ),
+    "segment: unknown background mode": (
+        lambda t: ["segment", str(_photo(t)), "-c", "cat", "--background", "nope"],
+        "background",
+    ),
+    "segment: short side 0": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--short-side", "0"], "short_side"),
+    "segment: pamr -1": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--pamr", "-1"], "pamr"),
+    "segment: window (0, 0)": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--set", "window=(0, 0)"], "window"),
+    "segment: templates=5": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--set", "templates=5"], "templates"),
+    "segment: precision choice": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--precision", "fp8"], "fp8"),
+    "segment: max-pixels abc": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--max-pixels", "abc"], "abc"),
+    "segment: image over max-pixels": (
+        lambda t: ["segment", str(_photo(t)), "-c", "cat", "--max-pixels", "100"],
+        "limit",
+    ),
+    "segment: refine choice": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--refine", "crf"], "crf"),
+    "segment: clip is a bert": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--clip", str(_bert(t))], "bert"),
+    "segment: clip folder without config": (
+        lambda t: ["segment", str(_photo(t)), "-c", "cat", "--clip", str(_empty_dir(t))],
+        "config.json",
+    ),
+    "segment: clip is a file": (lambda t: ["segment", str(_photo(t)), "-c", "cat", "--clip", str(_file(t))], "file"),
+    "segment: unknown clip id offline": (
+        lambda t: ["segment", str(_photo(t)), "-c", "cat", "--clip", "someone/nothing-here"],
+        "someone/nothing-here",
+    ),
+    "segment: tuss with another method's checkpoint": (
+        lambda t: ["segment", str(_photo(t)), "-m", "tuss", "-c", "cat", "--checkpoint", str(_fmbseg_run(t))],
+        "fmbseg",
+    ),
+    "segment: classes file not utf-8": (lambda t: ["segment", str(_photo(t)), "-c", "@" + str(_latin1(t))], "utf-8"),
+    "segment: only commas": (lambda t: ["segment", str(_photo(t)), "-c", ", , ;"], "no class names"),
+    # eval
+    "eval: limit abc": (lambda t: ["eval", "-d", "voc21", "--root", str(t), "--limit", "abc"], "abc"),
+    "eval: metric choice": (lambda t: ["eval", "-d", "voc21", "--root", str(t), "--metric", "dice"], "dice"),
+    "eval: suite choice": (lambda t: ["eval", "--suite", "all9", "--root", str(t)], "all9"),
+    "eval: window=5": (lambda t: ["eval", "-d", "voc21", "--root", str(t), "--set", "window=5"], "window"),
+    "eval: checkpoint for sclip": (lambda t: ["eval", "-d", "voc21", "--root", str(t), "--checkpoint", "x"], "no"),
+    "eval: fmbseg without checkpoint": (
+        lambda t: ["eval", "-m", "fmbseg", "-d", "voc21", "--root", str(_empty_dir(t))],
+        "needs",
+    ),
+    # masks
+    "masks: empty folder": (lambda t: ["masks", str(_empty_dir(t)), "-o", str(t / "m")], "no image"),
+    "masks: corrupt image": (lambda t: ["masks", str(_corrupt(t)), "-o", str(t / "m")], "not a readable image"),
+    "masks: stability=abc": (
+        lambda t: ["masks", str(_photo(t)), "-o", str(t / "m"), "--set", "stability_score_thresh=abc"],
+        "stability_score_thresh",
+    ),
+    "masks: sam is a clip": (
+        lambda t: ["masks", str(_photo(t)), "-o", str(t / "m"), "--sam", str(_tiny_clip_dir(t))],
+        "not SAM",
+    ),
+    # pseudo-label
+    "pseudo-label: tag_tiles=(0,)": (
+        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(t / "p"), "--set", "tag_tiles=(0,)"],
+        "tag_tiles",
+    ),
+    "pseudo-label: unknown preset": (
+        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(t / "p"), "--preset", "nope"],
+        "nope",
+    ),
+    "pseudo-label: out is a file": (
+        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(_file(t))],
+        "not_a_folder",
+    ),
+    "pseudo-label: no vocab": (lambda t: ["pseudo-label", str(_photo(t)), "-o", str(t / "p")], "--vocab"),
+    # train / fit
+    "train: missing labels": (
+        lambda t: [
+            "train",
+            "-m",
+            "fmbseg",
+            "--images",
+            str(_empty_dir(t)),
+            "--labels",
+            str(t / "nope"),
+            "-o",
+            str(t / "r"),
+        ],
+        "nope",
+    ),
+    "train: no --images": (lambda t: ["train", "-m", "fmbseg", "--labels", str(t), "-o", str(t / "r")], "--images"),
+    "train: epochs abc": (
+        lambda t: [
+            "train",
+            "-m",
+            "fmbseg",
+            "--images",
+            str(t),
+            "--labels",
+            str(t),
+            "-o",
+            str(t / "r"),
+            "--epochs",
+            "abc",
+        ],
+        "abc",
+    ),
+    "fit: sss without labels": (
+        lambda t: [
+            "fit",
+            "tuss",
+            "--setting",
+            "sss",
+            "--images",
+            str(_photo(t)),
+            "--vocab",
+            "cat",
+            "-o",
+            str(t / "f"),
+            "--sam",
+            "tiny-random",
+        ],
+        "labels",
+    ),
+    "fit: unknown setting name": (
+        lambda t: [
+            "fit",
+            "tuss",
+            "--setting",
+            "xsss",
+            "--images",
+            str(_photo(t)),
+            "--vocab",
+            "cat",
+            "-o",
+            str(t / "f"),
+        ],
+        "xsss",
+    ),
+    "fit: empty vocab": (
+        lambda t: ["fit", "tuss", "--setting", "ovss", "--images", str(_photo(t)), "--vocab", ";", "-o", str(t / "f")],
+        "no class names",
+    ),
+    # label / data / top level
+    "label: empty format": (
+        lambda t: ["label", str(_photo(t)), "-c", "cat", "-o", str(t / "l"), "--format", ""],
+        "format",
+    ),
+    "label: min-area abc": (
+        lambda t: ["label", str(_photo(t)), "-c", "cat", "-o", str(t / "l"), "--min-area", "abc"],
+        "abc",
+    ),
+    "label: missing image": (lambda t: ["label", str(t / "nope.png"), "-c", "cat", "-o", str(t / "l")], "no such file"),
+    "data: check unknown benchmark": (lambda t: ["data", "check", "nope", "--root", str(t)], "nope"),
+    "unknown command": (lambda t: ["nope"], "nope"),
+    "methods: unknown flag": (lambda t: ["methods", "--nope"], "--nope"),
 }
 
 

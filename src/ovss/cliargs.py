@@ -9,8 +9,6 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-
 # API keyword -> the flag that sets it; any other setting is set with --set KEY=VALUE.
 FLAGS = {
     "checkpoint": "--checkpoint",
@@ -70,11 +68,13 @@ def classes_arg(value: str) -> str:
     if value.startswith("@"):
         path = Path(value[1:])
         if not path.is_file():
-            raise InputError(f"{path}: class file not found (--classes @FILE reads one class per line)")
+            raise argparse.ArgumentTypeError(f"{path}: class file not found (@FILE reads one class per line)")
         try:
-            return path.read_text()
+            return path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: unreadable class file ({e.__class__.__name__}); save it as UTF-8 text") from None
+            raise argparse.ArgumentTypeError(
+                f"{path}: unreadable class file ({e.__class__.__name__}); save it as UTF-8 text"
+            ) from None
     return value
 
 

@@ -159,9 +159,11 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     rank, world = dist_info()
     if job.method != GROUND_TRUTH:  # the method, protocol and settings are checked before any file is read
         from .methods import get_method_spec
-        from .methods.settings import resolve_settings
+        from .methods.settings import require_checkpoint, resolve_settings
 
-        resolve_settings(get_method_spec(job.method), job.benchmark, job.protocol, job.checkpoint, job.overrides)
+        spec = get_method_spec(job.method)
+        resolved = resolve_settings(spec, job.benchmark, job.protocol, job.checkpoint, job.overrides)
+        require_checkpoint(spec, resolved.checkpoint)
     elif job.protocol is not None:
         resolve(job.protocol, job.benchmark)
     dataset = _open_dataset(job)

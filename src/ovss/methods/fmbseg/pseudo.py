@@ -60,6 +60,8 @@ class PseudoLabelSettings:
             raise InputError("points_merge must be union|none and order amg_then_points|points_then_amg")
         if self.points_per_class < 0 or not 0 <= self.area_range[0] < self.area_range[1] <= 1:
             raise InputError("points_per_class must be >= 0 and area_range two shares 0 <= lo < hi <= 1")
+        if not self.tag_tiles or min(self.tag_tiles) < 1:
+            raise InputError(f"tag_tiles {self.tag_tiles!r} must be one or more tile counts >= 1", option="tag_tiles")
 
 
 class PointPrompter(Protocol):
