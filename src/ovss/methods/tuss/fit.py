@@ -62,6 +62,7 @@ class FitSettings:
     probe_iters: int | None = None  # base probe iterations before iter_factor (60k = VOC)
     probe_warmup: int | None = None  # base warm-up iterations (6k = VOC)
     iter_factor: float | None = None  # divides both (WSSS rounds 0.25, FSSS 0.5)
+    probe_schedule: str = "epochs"  # epochs: counts scale with the bank (a 614k-mask bank gets the reference's); fixed
     lp_k: int | None = None  # graph neighbours of the (first) LP
     lp_alpha: float | None = None  # diffusion strength of the LP (0.9; SSS 0.8)
     weighting: str | None = None  # inductive LP weighting: rigorous | l1
@@ -70,6 +71,8 @@ class FitSettings:
     def validate(self) -> None:
         if not 0 <= self.heldout < 1:
             raise InputError(f"heldout {self.heldout} must lie in [0, 1)")
+        if self.probe_schedule not in ("epochs", "fixed"):
+            raise InputError(f"probe_schedule {self.probe_schedule!r} must be epochs or fixed", option="probe_schedule")
         if self.weighting not in (None, "rigorous", "l1"):
             raise InputError(f"weighting {self.weighting!r} must be rigorous or l1")
 
@@ -93,7 +96,7 @@ def glcc_for(setting: str, fs: FitSettings, progress: bool = False) -> GLCC:
         if p is None:
             return None
         changes = {"base_iters": fs.probe_iters, "base_warmup_iters": fs.probe_warmup, "iter_factor": fs.iter_factor,
-                   "seed": fs.seed}  # fmt: skip
+                   "seed": fs.seed, "schedule": fs.probe_schedule}  # fmt: skip
         return dataclasses.replace(p, **{k: v for k, v in changes.items() if v is not None})
 
     def lp(c: LPConfig, first: bool) -> LPConfig:

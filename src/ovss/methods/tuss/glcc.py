@@ -80,14 +80,31 @@ class ProbeConfig:
     """Seeds the weight init and the batch order, so a fit is reproducible on one device."""
     init_from_text: bool = True
     """Start from the class text embeddings when given [our choice]; the reference initialises at random."""
+    schedule: Literal["epochs", "fixed"] = "epochs"
+    """"epochs": the counts scale with the number of training masks, so that a bank of ``reference_masks``
+    gets exactly the reference's counts and a small bank a few seconds [our choice]; "fixed": the
+    reference's counts whatever the bank (§1.5 i)."""
+    reference_masks: int = 614_400
+    """The bank the reference counts are made for: 60k steps of 512 masks is 50 epochs over 614,400 masks."""
+    min_iters: int = 200
+    """Fewest steps under "epochs" (a tiny bank still converges)."""
 
     @property
     def total_iters(self) -> int:
+        """The reference's fixed count (``schedule="fixed"``)."""
         return max(1, round(self.base_iters / self.iter_factor))
 
     @property
     def warmup_iters(self) -> int:
         return min(self.total_iters, round(self.base_warmup_iters / self.iter_factor))
+
+    def iterations(self, n_masks: int | None = None) -> tuple[int, int]:
+        """(steps, warm-up steps) for a probe trained on ``n_masks`` masks."""
+        if self.schedule == "fixed" or n_masks is None:
+            return self.total_iters, self.warmup_iters
+        share = n_masks / self.reference_masks
+        total = min(self.total_iters, max(self.min_iters, round(self.total_iters * share)))
+        return total, min(total, round(self.warmup_iters * total / self.total_iters))
 
 
 @dataclass(frozen=True)
@@ -149,9 +166,9 @@ def glcc_config(setting: Setting, **overrides: object) -> GLCCConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def probe_lr(iteration: int, config: ProbeConfig) -> float:
+def probe_lr(iteration: int, config: ProbeConfig, n_masks: int | None = None) -> float:
     """Learning rate of step ``iteration`` (0-based): linear warm-up, then cosine decay to 0 (§1.5 i)."""
-    warm, total = config.warmup_iters, config.total_iters
+    total, warm = config.iterations(n_masks)
     if iteration < warm:
         return config.warmup_start_lr + (config.lr - config.warmup_start_lr) * iteration / warm
     span = max(total - warm, 1)
@@ -207,14 +224,15 @@ class LinearProbe:
         batch = min(cfg.batch_size, m)
         order = torch.randperm(m, generator=gen)
         pos = 0
-        bar = _bar(cfg.total_iters, "probe", progress)
-        for it in range(cfg.total_iters):
+        steps, _ = cfg.iterations(m)
+        bar = _bar(steps, "probe", progress)
+        for it in range(steps):
             if pos + batch > m:  # reshuffle each epoch, dropping the incomplete last batch
                 order, pos = torch.randperm(m, generator=gen), 0
             sel = order[pos : pos + batch].to(device)
             pos += batch
             for group in opt.param_groups:
-                group["lr"] = probe_lr(it, cfg)
+                group["lr"] = probe_lr(it, cfg, m)
             logits = cfg.logit_scale * x[sel] @ F.normalize(weight, dim=1).T
             per_mask = -(y[sel] * F.log_softmax(logits, dim=1)).sum(1)
             w = area[sel]
