@@ -200,10 +200,12 @@ def train_fmbseg(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
     with output_lock(out, "train"), running("train"):
-        return _train(pairs, vocab, out, settings, dino_name, clip_name, device, dino, clip, progress)
+        return _train(pairs, vocab, Path(labels), out, settings, dino_name, clip_name, device, dino, clip, progress)
 
 
-def _train(pairs, vocab, out: Path, settings: TrainSettings, dino_name, clip_name, device, dino, clip, progress):
+def _train(
+    pairs, vocab, labels: Path, out: Path, settings: TrainSettings, dino_name, clip_name, device, dino, clip, progress
+):
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -306,8 +308,8 @@ def _train(pairs, vocab, out: Path, settings: TrainSettings, dino_name, clip_nam
                 break
     if step == 0:
         raise InputError(
-            f"no training step was made: no batch had two labelled patches (are the labels in {out} all ignore, "
-            "255?); check the pseudo-labels or lower purity"
+            f"no training step was made: no batch had two labelled patches (are the labels of {labels} all "
+            "ignore, 255?); check the pseudo-labels or lower purity"
         )
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(module)
