@@ -221,3 +221,69 @@ def test_labels_that_are_all_ignore_end_with_an_error_and_no_checkpoint(evaldata
 def test_settings_are_validated_with_the_setting_named(override, message):
     with pytest.raises(InputError, match=message):
         TrainSettings(**override).validate()
+
+
+LAUNCHER = """
+import sys
+from ovss.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(tmp_path: Path, images: Path, labels: Path, out: Path) -> list[str]:
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCHER)
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    return [*head, str(script), *command(images, labels, out)[3:]]
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_resume_exactly_after_a_kill(reference, tmp_path):
+    """gloo on CPU: each rank trains on its share of every batch; SIGKILL to the whole process group
+    after the first mid-epoch state, then a re-run, gives the uninterrupted two-rank weights."""
+    images, labels = reference["images"], reference["labels"]
+    whole = subprocess.run(
+        torchrun(tmp_path, images, labels, tmp_path / "whole"),
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            torchrun(tmp_path, images, labels, out),
+            env=environment(0.4),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        deadline = time.time() + TIMEOUT
+        try:
+            while not _state_written(out):
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert time.time() < deadline, "the kill point was never reached"
+                time.sleep(0.01)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+            proc.wait()
+    assert not (out / "model.safetensors").exists()
+    again = subprocess.run(
+        torchrun(tmp_path, images, labels, out), env=environment(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    expected = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    for key, value in load_file(str(out / "model.safetensors")).items():
+        assert torch.equal(value, expected[key]), key
+    assert log_steps(out) == log_steps(tmp_path / "whole")
+    assert [s for _, s, _, _ in log_steps(out)] == list(range(1, 7))
+    assert not [p for p in out.rglob("*") if ".part" in p.name or p.name.startswith(".ovss.lock")]

@@ -276,7 +276,7 @@ def _train(
             disable=not show,
         )
         for b in bar:
-            batch = order[b * settings.batch_images : (b + 1) * settings.batch_images][rank::world]
+            batch = _rank_share(order[b * settings.batch_images : (b + 1) * settings.batch_images], rank, world)
             items = [data[int(i)] for i in batch]
             pixels = torch.stack([x for x, _ in items]).to(accelerator.device)
             pixel_labels = torch.stack([y for _, y in items]).to(accelerator.device)
@@ -286,7 +286,7 @@ def _train(
             y = patch_labels(pixel_labels, dino.patch_size, settings.purity)
             generator = torch.Generator().manual_seed(_derived_seed(settings.seed, epoch, b, rank))
             zs, ys = _sample(z, y, settings.patches_per_image, generator)
-            if len(ys) >= 2:  # else nothing to contrast in this batch
+            if _all_ranks(accelerator, len(ys) >= 2):  # else nothing to contrast; ranks skip together (DDP)
                 loss = loss_by_name(settings.loss, zs, ys, text, **loss_options)
                 optimizer.zero_grad()
                 accelerator.backward(loss)
@@ -350,6 +350,20 @@ class Position:
     epoch: int = 0
     batch: int = 0
     step: int = 0
+
+
+def _rank_share(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's images of a batch; a batch smaller than the world gives some ranks a repeat, so
+    that every rank steps together (DDP needs each one in every backward pass)."""
+    share = batch[rank::world]
+    return share if len(share) else batch[rank % len(batch) :][:1]
+
+
+def _all_ranks(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    flags = accelerator.gather(torch.tensor([int(flag)], device=accelerator.device))
+    return bool(flags.min().item())
 
 
 def _derived_seed(*parts: int) -> int:
