@@ -11,6 +11,8 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -190,7 +192,15 @@ def test_fit_cli_resumes_only_the_unfinished_image(voc, tmp_path, capsys, monkey
     shutil.copytree(voc.bank, bank)  # copy2: the mtimes are kept
     redo = "23_image"
     (bank / f"{redo}.masks.json").unlink()  # the marker: the image counts as not done
-    stale = [bank / f".{redo}.safetensors.k3j9x.part.safetensors", bank / ".0_image.masks.json.q8w2.part.json"]
+    from ovss.io import _host_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = f"{_host_tag()}-{dead.pid}"  # temporary files are named by host and pid; this pid is dead
+    stale = [
+        bank / f".{redo}.safetensors.{tag}.k3j9x.part.safetensors",
+        bank / f".0_image.masks.json.{tag}.q8w2.part.json",
+    ]
     for p in stale:  # what a killed run leaves behind
         p.write_bytes(b"half a file")
     kept = {p.name: p.stat().st_mtime_ns for p in bank.iterdir() if not p.name.startswith((redo, "."))}
