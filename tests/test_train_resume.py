@@ -287,3 +287,56 @@ def test_two_ranks_under_torchrun_resume_exactly_after_a_kill(reference, tmp_pat
     assert log_steps(out) == log_steps(tmp_path / "whole")
     assert [s for _, s, _, _ in log_steps(out)] == list(range(1, 7))
     assert not [p for p in out.rglob("*") if ".part" in p.name or p.name.startswith(".ovss.lock")]
+
+
+def _shared_parser():
+    """The options the lead's `ovss train` parser gives every method's command."""
+    import argparse
+
+    from ovss.cli import _set_arg
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--method")
+    p.add_argument("--out", "-o")
+    for name in ("--clip", "--dino", "--sam", "--device", "--checkpoint"):
+        p.add_argument(name)
+    p.add_argument("--set", type=_set_arg, action="append", default=[])
+    return p
+
+
+def test_the_registered_train_command_writes_a_checkpoint_folder_segmenter_loads(evaldata, tmp_path):
+    from ovss import Segmenter
+    from ovss.checkpoints import load_checkpoint
+    from ovss.methods import get_method_spec
+
+    spec = get_method_spec("fmbseg")
+    assert spec.checkpoint == "required"
+    parser = _shared_parser()
+    spec.commands["train"].add_arguments(parser)
+    images, labels = make_data(evaldata, tmp_path)
+    run = tmp_path / "run"
+    args = parser.parse_args(
+        [
+            "--method",
+            "fmbseg",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(run),
+            "--device",
+            "cpu",
+            *TRAIN,
+            "--set",
+            "max_steps=1",
+        ]
+    )
+    assert spec.commands["train"].run(args) == 0
+    checkpoint = load_checkpoint(run, method="fmbseg")
+    assert checkpoint.settings["max_steps"] == 1 and checkpoint.extra["steps"] == 1
+    assert checkpoint.backbones == {"dino": "tiny-random", "clip": "tiny-random"}
+    for given in (run, run / "model.safetensors", checkpoint):
+        seg = Segmenter("fmbseg", checkpoint=given, device="cpu", short_side=56, window=None, templates="simple")
+        size = Image.open(images / "0_image.png").size
+        assert seg.segment(images / "0_image.png", "cat; dog").labels.shape == size[::-1]

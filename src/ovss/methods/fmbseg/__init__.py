@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import InputError
-from ..base import MethodSpec, register_method
+from ..base import Command, MethodSpec, register_method
 from ..dense import DenseMatchingMethod, DenseSettings
 from .module import load_checkpoint
+from .train import TRAIN_HELP, add_train_arguments, run_train
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ register_method(
         FMbSegSettings(),
         ("clip", "dino"),
         "Seifi et al., arXiv 2403.09307",
+        tier="trained",
+        checkpoint="required",
+        commands={"train": Command(TRAIN_HELP, add_train_arguments, run_train)},
         checkpoint_backbones=checkpoint_backbones,
     )
 )

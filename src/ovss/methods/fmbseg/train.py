@@ -458,3 +458,34 @@ def settings_from_overrides(overrides: dict[str, Any]) -> TrainSettings:
     if unknown:
         raise InputError(f"fmbseg training has no setting {unknown[0]!r}; its settings are: {', '.join(known)}")
     return TrainSettings(**overrides)
+
+
+TRAIN_HELP = (
+    "train FMbSeg's alignment module on pseudo-labels: the run folder becomes a checkpoint "
+    "(--checkpoint RUN); kill it at any point and re-run the same command to resume exactly"
+)
+
+
+def add_train_arguments(parser) -> None:
+    """FMbSeg's own options of ``ovss train --method fmbseg`` (the shared parser has --out, the
+    backbones, --device and --set)."""
+    parser.add_argument("--images", required=True, help="folder of training images")
+    parser.add_argument("--labels", required=True, help="folder of label PNGs (same names) with vocabulary.json")
+    parser.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    parser.add_argument("--loss", choices=list(LOSSES), help="loss (default tsupcon)")
+    parser.add_argument("--module", choices=list(MODULE_KINDS), help="alignment module (default block)")
+
+
+def run_train(args) -> int:
+    """``ovss train --method fmbseg``: settings from --set and the named options, then :func:`train_fmbseg`."""
+    import sys
+
+    overrides = dict(getattr(args, "set", None) or [])
+    named = {"epochs": args.epochs, "loss": args.loss, "module": args.module}
+    overrides.update({k: v for k, v in named.items() if v is not None})
+    settings = settings_from_overrides(overrides)
+    dino, clip = args.dino or "tiny-random", args.clip or "tiny-random"
+    result = train_fmbseg(Path(args.images), Path(args.labels), Path(args.out), settings, dino, clip, args.device)
+    done = f"ovss: trained {result['epochs']} epochs ({result['steps']} steps); checkpoint {result['checkpoint']}"
+    print(done, file=sys.stderr)
+    return 0
