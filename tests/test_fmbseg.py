@@ -55,8 +55,10 @@ def test_checkpoint_round_trip_and_wrong_files(tmp_path):
     run = tmp_path / "run"
     (run / "state").mkdir(parents=True)
     (run / "state" / "keep.txt").write_text("resume state")  # a run's other files survive the save
+    (run / "..checkpoint.new.x1y2.part").mkdir()  # what a save killed half-way leaves
     save_checkpoint(run, module, {"epochs": 1}, {"dino": "x", "clip": "y"}, {"templates": "simple"})
     assert (run / "state" / "keep.txt").read_text() == "resume state"
+    assert sorted(p.name for p in run.iterdir()) == ["README.md", "config.json", "model.safetensors", "state"]
     x = torch.randn(2, 5, 48)
     for spec in (run, run / "model.safetensors", ovss_load_checkpoint(run, method="fmbseg")):
         loaded, info = load_checkpoint(spec)

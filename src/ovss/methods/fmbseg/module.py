@@ -100,7 +100,8 @@ def save_checkpoint(
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     staging = run / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
+    for leftover in (staging, *run.glob(f".{STAGING}.*.part")):  # a killed save's (the run's lock is held)
+        shutil.rmtree(leftover, ignore_errors=True)
     save_folder(staging, METHOD, module.state_dict(), settings, backbones, {"module": asdict(module.config), **extra})
     for name in (WEIGHTS, CARD, CONFIG):
         os.replace(staging / name, run / name)

@@ -133,8 +133,9 @@ class Bank:
 def build_bank(method: TUSSMethod, paths: list[Path], stems: list[str], folder: Path, job: dict[str, Any],
                progress: bool = True) -> int:  # fmt: skip
     """Embed the masks of every image not yet in ``folder``; returns how many images failed."""
-    from ...jobs import output_lock, running
+    from ...jobs import check_outputs, output_lock, running
 
+    check_outputs(paths, stems, folder.parent, "bank")  # no embedding file may overwrite a training image
     folder.mkdir(parents=True, exist_ok=True)
     with output_lock(folder, "bank"), running("bank"):
         return _embed_images(method, paths, stems, folder, job, progress)
