@@ -272,3 +272,15 @@ def test_a_label_of_another_size_than_its_image_is_refused(tmp_path):
     Image.fromarray(np.full((513, 513), 40, np.uint8)).save(tmp_path / "values.png")
     with pytest.raises(InputError, match=r"outside 0\.\.20"):
         check_sample(ds, Sample("a", tmp_path / "img.jpg", tmp_path / "values.png"))
+
+
+def test_taking_over_a_stale_lock_never_removes_a_live_one(tmp_path):
+    from ovss.jobs import _me, _take_over
+
+    path = tmp_path / ".ovss.lock"
+    live = _me("masks")
+    path.write_text(json.dumps(live))
+    _take_over(path, {"pid": 2**22 + 1, "host": "gone"})  # what a slower process read before the live one came
+    assert json.loads(path.read_text()) == live
+    _take_over(path, live)  # the lock it read is the one it moves: removed
+    assert not path.exists() and not list(tmp_path.iterdir())

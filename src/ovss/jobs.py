@@ -277,13 +277,25 @@ def _acquire(path: Path, me: dict[str, Any], out: Path) -> bool:
                     return False
                 if owner and _owner_alive(owner):
                     raise _busy(out, owner, path) from None
-                # stale: move it aside under a unique name (only one taker wins the rename), then retry
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(path, path.with_name(f"{path.name}.stale.{os.getpid()}.tmp"))
-                path.with_name(f"{path.name}.stale.{os.getpid()}.tmp").unlink(missing_ok=True)
+                _take_over(path, owner)
         raise InputError(f"could not take the lock {path}; another process keeps replacing it, retry later")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _take_over(path: Path, stale: dict[str, Any]) -> None:
+    """Move a stale lock aside under a unique name, then delete it. If what was moved is not the
+    stale lock that was read (another process took over first and wrote its own), put it back."""
+    aside = path.with_name(f"{path.name}.stale.{os.getpid()}.tmp")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    moved = _read_lock(aside) or {}
+    if moved and moved != stale:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)  # the live lock goes back; the retry then reports it as busy
+    aside.unlink(missing_ok=True)
 
 
 # --- interrupts and threads -------------------------------------------------------------------
