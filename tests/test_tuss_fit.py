@@ -357,8 +357,8 @@ def test_bad_fit_input(voc, tmp_path, capsys, case):
 def _fmbseg_checkpoint(d: Path) -> Path:
     from ovss.methods.fmbseg.module import AlignmentModule, ModuleConfig, save_checkpoint
 
-    save_checkpoint(d / "checkpoint.safetensors", AlignmentModule(ModuleConfig.for_dims(48, 32)), {"dino": "x"})
-    return d / "checkpoint.safetensors"
+    save_checkpoint(d / "run", AlignmentModule(ModuleConfig.for_dims(48, 32)), {}, {"dino": "x", "clip": "y"}, {})
+    return d / "run" / "model.safetensors"
 
 
 def _random_bytes(d: Path) -> Path:
