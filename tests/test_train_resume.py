@@ -114,16 +114,17 @@ def log_steps(out: Path) -> list[tuple[int, int, float, float]]:
 
 
 @pytest.fixture(scope="module")
-def reference(evaldata, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_ref")
-    images, labels = make_data(evaldata, root)
-    run_to_end(images, labels, root / "run")
-    return {
-        "images": images,
-        "labels": labels,
-        "weights": load_file(str(root / "run" / "model.safetensors")),
-        "log": log_steps(root / "run"),
-    }
+def data(evaldata, tmp_path_factory) -> dict[str, Path]:
+    images, labels = make_data(evaldata, tmp_path_factory.mktemp("train_data"))
+    return {"images": images, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """The uninterrupted run every killed run is compared with."""
+    out = tmp_path_factory.mktemp("train_ref") / "run"
+    run_to_end(data["images"], data["labels"], out)
+    return {**data, "weights": load_file(str(out / "model.safetensors")), "log": log_steps(out)}
 
 
 def _state_written(out: Path) -> bool:
@@ -173,23 +174,23 @@ def test_kill_and_rerun_gives_the_uninterrupted_weights(reference, tmp_path, poi
     assert not [p for p in out.rglob("*") if ".part" in p.name or p.name.startswith((".checkpoint", ".ovss.lock"))]
 
 
-def test_rerunning_a_finished_run_changes_nothing_and_other_settings_are_refused(reference, tmp_path):
+def test_rerunning_a_finished_run_changes_nothing_and_other_settings_are_refused(data, tmp_path):
     out = tmp_path / "run"
     settings = TrainSettings(
         size=56, batch_images=2, patches_per_image=16, epochs=1, templates="simple", log_every=1, max_steps=2
     )
     torch.set_num_threads(1)
-    first = train_fmbseg(reference["images"], reference["labels"], out, settings, device="cpu", progress=False)
+    first = train_fmbseg(data["images"], data["labels"], out, settings, device="cpu", progress=False)
     assert first["steps"] == 2 and (out / "config.json").is_file()
     log = (out / "loss_log.jsonl").read_text()
     weights = load_file(str(out / "model.safetensors"))
-    again = train_fmbseg(reference["images"], reference["labels"], out, settings, device="cpu", progress=False)
+    again = train_fmbseg(data["images"], data["labels"], out, settings, device="cpu", progress=False)
     assert again["steps"] == 2 and (out / "loss_log.jsonl").read_text() == log
     assert all(torch.equal(v, weights[k]) for k, v in load_file(str(out / "model.safetensors")).items())
     with pytest.raises(InputError, match="other data or settings"):
         train_fmbseg(
-            reference["images"],
-            reference["labels"],
+            data["images"],
+            data["labels"],
             out,
             TrainSettings(size=56, epochs=1, lr=1e-3, templates="simple"),
             device="cpu",

@@ -239,7 +239,7 @@ def _train(
     identity = {
         **backbones,
         "vocabulary": vocab.to_dict(),
-        "images": [str(p) for p, _ in pairs],
+        "images": [p.name for p, _ in pairs],  # names, not paths: ./photos and photos are the same data
         "train": {k: v for k, v in train.items() if k not in RUNTIME_SETTINGS},
     }
     signature = json.dumps(identity, sort_keys=True, default=str)
