@@ -115,7 +115,7 @@ def stage2(dinos: list[str], clip, work: Path) -> dict:
         patches = sum(entry["patches"] for entry in log)
         print(f"stage 2, DINOv2 {size} at 448, B=4, N=128, transformer block + TSupCon: {result['steps']} steps in "
               f"{seconds:.1f} s -> {patches / seconds:.0f} labelled patches/s, {8 / seconds:.2f} images/s")  # fmt: skip
-        checkpoints[size] = (dino, work / f"run-{size}" / "checkpoint.safetensors")
+        checkpoints[size] = (dino, work / f"run-{size}")  # the run folder is the checkpoint
     return checkpoints
 
 

@@ -88,7 +88,7 @@ def run(n_train: int, n_test: int, epochs: int, losses: list[str], merge_prob: f
         train_fmbseg(images, work / "labels", work / f"run-{loss}", ts, dino=dino, clip=clip, device="cpu",
                      progress=False)  # fmt: skip
         train_s = time.perf_counter() - t0
-        seg = Segmenter("fmbseg", clip=clip, dino=dino, checkpoint=str(work / f"run-{loss}/checkpoint.safetensors"),
+        seg = Segmenter("fmbseg", clip=clip, dino=dino, checkpoint=str(work / f"run-{loss}"),
                         device="cpu", short_side=154, window=None, templates="simple")  # fmt: skip
         preds = [seg.segment(s.image, vocab).labels for s in test]
         out[f"{loss}_test_miou"] = miou(preds, [s.labels for s in test], len(names), False)

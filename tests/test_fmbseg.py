@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ovss import Segmenter
+from ovss.checkpoints import load_checkpoint as ovss_load_checkpoint
 from ovss.errors import InputError, ModelLoadError
 from ovss.io import save_image
 from ovss.methods.fmbseg.module import AlignmentModule, ModuleConfig, load_checkpoint, save_checkpoint
@@ -51,10 +52,18 @@ def test_tiles_cover_the_image_at_three_scales():
 
 def test_checkpoint_round_trip_and_wrong_files(tmp_path):
     module = AlignmentModule(ModuleConfig.for_dims(48, 32))
-    save_checkpoint(tmp_path / "c.safetensors", module, {"dino": "x"})
-    loaded, info = load_checkpoint(tmp_path / "c.safetensors")
+    run = tmp_path / "run"
+    (run / "state").mkdir(parents=True)
+    (run / "state" / "keep.txt").write_text("resume state")  # a run's other files survive the save
+    (run / "..checkpoint.new.x1y2.part").mkdir()  # what a save killed half-way leaves
+    save_checkpoint(run, module, {"epochs": 1}, {"dino": "x", "clip": "y"}, {"templates": "simple"})
+    assert (run / "state" / "keep.txt").read_text() == "resume state"
+    assert sorted(p.name for p in run.iterdir()) == ["README.md", "config.json", "model.safetensors", "state"]
     x = torch.randn(2, 5, 48)
-    assert torch.allclose(loaded(x), module.eval()(x)) and info["dino"] == "x"
+    for spec in (run, run / "model.safetensors", ovss_load_checkpoint(run, method="fmbseg")):
+        loaded, info = load_checkpoint(spec)
+        assert torch.equal(loaded(x), module.eval()(x))
+        assert (info["dino"], info["clip"], info["templates"], info["train"]) == ("x", "y", "simple", {"epochs": 1})
     (tmp_path / "bad.safetensors").write_bytes(b"nonsense")
     with pytest.raises(ModelLoadError, match="not a safetensors"):
         load_checkpoint(tmp_path / "bad.safetensors")
@@ -65,6 +74,23 @@ def test_checkpoint_round_trip_and_wrong_files(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ModelLoadError, match="not an FMbSeg checkpoint"):
         load_checkpoint(tmp_path / "other.safetensors")
+
+
+def test_checkpoints_of_older_ovss_still_load(tmp_path):
+    """The single-file format: weights plus the configuration as JSON in the safetensors metadata."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    module = AlignmentModule(ModuleConfig.for_dims(48, 32, "mlp"))
+    meta = {"ovss_fmbseg": json.dumps({"module": asdict(module.config), "dino": "d", "clip": "c"})}
+    (tmp_path / "old").mkdir()
+    weights = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(weights, str(tmp_path / "old/checkpoint.safetensors"), metadata=meta)
+    x = torch.randn(1, 3, 48)
+    for spec in (tmp_path / "old", tmp_path / "old/checkpoint.safetensors"):
+        loaded, info = load_checkpoint(spec)
+        assert torch.equal(loaded(x), module.eval()(x)) and info["dino"] == "d"
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +114,7 @@ def synthetic_run(tmp_path_factory):
     ts = TrainSettings(size=112, batch_images=4, patches_per_image=64, epochs=40, lr=1e-3, loss="text",
                        templates="simple", log_every=1)  # fmt: skip
     train_fmbseg(work / "images", work / "labels", work / "run", ts, dino=dino, clip=clip, device="cpu", progress=False)
-    seg = Segmenter("fmbseg", clip=clip, dino=dino, checkpoint=str(work / "run/checkpoint.safetensors"),
+    seg = Segmenter("fmbseg", clip=clip, dino=dino, checkpoint=str(work / "run"),
                     device="cpu", short_side=126, window=None, templates="simple")  # fmt: skip
     preds = [seg.segment(s.image, vocab).labels for s in test]
     return {
@@ -145,8 +171,17 @@ def test_three_commands_on_real_photos(evaldata, tmp_path, capsys):
     label = np.array(Image.open(tmp_path / "pl" / "0_image.png"))
     assert label.shape == Image.open(photos / "0_image.png").size[::-1] and label.dtype == np.uint8
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 255}
-    assert main(["train", "--images", str(photos), "--labels", str(tmp_path / "pl"), "--out", str(tmp_path / "run"),
-                 "--epochs", "1", "--set", "size=112", "--set", "batch_images=2", "--device", "cpu"]) == 0  # fmt: skip
+    train = ["train", "--images", str(photos), "--labels", str(tmp_path / "pl"), "--out", str(tmp_path / "run"),
+             "--epochs", "1", "--set", "size=112", "--set", "batch_images=2", "--device", "cpu"]  # fmt: skip
+    labelled = [np.array(Image.open(p)) for p in sorted((tmp_path / "pl").glob("*_image.png"))]
+    if all((lab == 255).all() for lab in labelled):  # random tiny SAM/CLIP: often no mask is kept
+        assert main(train) == 2 and "no training step was made" in capsys.readouterr().err
+        assert not (tmp_path / "run" / "model.safetensors").exists()
+        for p in sorted((tmp_path / "pl").glob("*_image.png")):  # label the photos by hand instead
+            lab = np.full(Image.open(p).size[::-1], 1, np.uint8)
+            lab[:, : lab.shape[1] // 2] = 2
+            save_image(p, Image.fromarray(lab))
+    assert main(train) == 0
     run = tmp_path / "run"  # the folder `ovss train` wrote, as a new user passes it
     assert main(["segment", str(photos / "1_image.png"), "-m", "fmbseg", "--checkpoint", str(run), "-c",
                  "cat; dog", "--out", str(tmp_path / "seg")]) == 0  # fmt: skip

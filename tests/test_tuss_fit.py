@@ -11,6 +11,8 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -191,7 +193,15 @@ def test_fit_cli_resumes_only_the_unfinished_image(voc, tmp_path, capsys, monkey
     shutil.copytree(voc.bank, bank)  # copy2: the mtimes are kept
     redo = "23_image"
     (bank / f"{redo}.masks.json").unlink()  # the marker: the image counts as not done
-    stale = [bank / f".{redo}.safetensors.k3j9x.part.safetensors", bank / ".0_image.masks.json.q8w2.part.json"]
+    from ovss.io import _host_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = f"{_host_tag()}-{dead.pid}"  # temporary files are named by host and pid; this pid is dead
+    stale = [
+        bank / f".{redo}.safetensors.{tag}.k3j9x.part.safetensors",
+        bank / f".0_image.masks.json.{tag}.q8w2.part.json",
+    ]
     for p in stale:  # what a killed run leaves behind
         p.write_bytes(b"half a file")
     kept = {p.name: p.stat().st_mtime_ns for p in bank.iterdir() if not p.name.startswith((redo, "."))}
@@ -348,8 +358,8 @@ def test_bad_fit_input(voc, tmp_path, capsys, case):
 def _fmbseg_checkpoint(d: Path) -> Path:
     from ovss.methods.fmbseg.module import AlignmentModule, ModuleConfig, save_checkpoint
 
-    save_checkpoint(d / "checkpoint.safetensors", AlignmentModule(ModuleConfig.for_dims(48, 32)), {"dino": "x"})
-    return d / "checkpoint.safetensors"
+    save_checkpoint(d / "run", AlignmentModule(ModuleConfig.for_dims(48, 32)), {}, {"dino": "x", "clip": "y"}, {})
+    return d / "run" / "model.safetensors"
 
 
 def _random_bytes(d: Path) -> Path:
@@ -373,7 +383,8 @@ def _other_method_folder(d: Path) -> Path:
 def _truncated_weights(d: Path) -> Path:
     from ovss.checkpoints import save_checkpoint as save_folder
 
-    extra = {"setting": "wsss", "vocabulary": build_vocabulary("cat; dog").to_dict(), "glcc": {"fitted": True}}
+    vocab = build_vocabulary("cat; dog").to_dict()
+    extra = {"setting": "wsss", "vocabulary": vocab, "fixed_classes": True, "glcc": {"fitted": True}}
     folder = save_folder(d / "run", "tuss", {"w": torch.zeros(64)}, {}, {}, extra)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:40])

@@ -253,11 +253,10 @@ def _refine_arg(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from .api import Segmenter
-    from .io import DEFAULT_MAX_PIXELS
-    from .jobs import finished, plan_images
+    from .io import DEFAULT_MAX_PIXELS, remove_stale_parts
+    from .jobs import finished, output_lock, plan_images, running
     from .methods import get_method_spec
     from .methods.settings import fixed_vocabulary, resolve_settings
 
@@ -268,7 +267,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     vocab = fixed_vocabulary(resolved.checkpoint, args.classes, args.background)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     out = Path(args.out)
-    paths, stems, unreadable = plan_images(args.inputs, out, max_pixels)
+    paths, stems, unreadable = plan_images(args.inputs, out, max_pixels, kind="segment")
     job = {
         "method": spec.name,
         "clip": args.clip,
@@ -279,7 +278,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "vocabulary": vocab.to_dict(),
         "refine": _refine_arg(args) or "none",
     }
-    todo = [(p, s) for p, s in zip(paths, stems) if args.overwrite or not finished((out / s).with_suffix(".json"), job)]
+
+    def outputs(stem: Path) -> list[Path]:
+        png = out / f"{stem}.png"
+        return [png] if args.no_overlay else [png, out / f"{stem}_overlay.png"]
+
+    todo = [
+        (p, s)
+        for p, s in zip(paths, stems)
+        if args.overwrite or not finished(out / f"{s}.json", job, outputs=outputs(s))
+    ]
     skipped = len(paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)
@@ -296,7 +304,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
         refine=_refine_arg(args),
         **settings,
     )
-    failed = unreadable
+    with output_lock(out, "segment"), running("segment"):
+        remove_stale_parts(out)
+        failed = _segment_all(segmenter, todo, vocab, job, out, args.no_overlay) + unreadable
+    done = len(todo) - (failed - unreadable)
+    note = f", {skipped} already done" if skipped else ""
+    print(f"ovss: segmented {done} of {len(todo)} images into {out}{note}", file=sys.stderr)
+    if failed:
+        print(f"ovss: error: {failed} image(s) failed; see the messages above", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _segment_all(segmenter: Any, todo: list, vocab: Any, job: dict[str, Any], out: Path, no_overlay: bool) -> int:
+    """Segment and write each image (PNG, overlay, then the JSON that marks it done); returns the failures."""
+    from tqdm import tqdm
+
+    failed = 0
     for path, stem in tqdm(todo, desc="segment", unit="img", disable=len(todo) < 2, file=sys.stderr):
         try:
             result = segmenter.segment(path, vocab)
@@ -307,17 +331,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result.info["source"] = str(path)
         result.info["job"] = job
         target = out / stem
-        result.save_png(target.with_suffix(".png"))
-        if not args.no_overlay:
+        result.save_png(target.parent / (target.name + ".png"))
+        if not no_overlay:
             result.save_overlay(target.parent / (target.name + "_overlay.png"))
-        result.save_json(target.with_suffix(".json"))  # written last: marks the image as done
-    done = len(todo) - (failed - unreadable)
-    note = f", {skipped} already done" if skipped else ""
-    print(f"ovss: segmented {done} of {len(todo)} images into {out}{note}", file=sys.stderr)
-    if failed:
-        print(f"ovss: error: {failed} image(s) failed; see the messages above", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+        result.save_json(target.parent / (target.name + ".json"))  # written last: marks the image as done
+    return failed
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -398,7 +416,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace | None:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    from .jobs import interrupt_message, set_threads_per_process
+
     warnings.showwarning = _show_warning
+    set_threads_per_process()
     try:
         args = _parse(argv)
         if args is None:
@@ -417,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("ovss: interrupted; finished outputs are kept, re-run to continue", file=sys.stderr)
+        print(interrupt_message(), file=sys.stderr)
         return 130
 
 

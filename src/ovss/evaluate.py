@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .data.check import check_sample
 from .device import device_for_rank
 from .errors import InputError
 from .io import atomic_path, write_json
-from .jobs import dist_info
+from .jobs import dist_info, running
 from .metrics import ConfusionMatrix, format_table, to_markdown
 from .protocols import BENCHMARKS, METRIC_CONVENTIONS, ResolvedProtocol, resolve
 from .vocab import Vocabulary, build_vocabulary, parse_classes
@@ -186,7 +187,8 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
         out / "partial" / f"rank{rank}-of-{world}.json", dataset.num_classes, dataset.ignore_index, signature
     )
     desc = f"{job.benchmark} [{rank}/{world}]"
-    _evaluate_shard(dataset, samples[rank::world], shard, segmenter, vocab, progress, desc, rank)
+    with running("eval", flush=shard.save):  # Ctrl-C keeps the images finished so far
+        _evaluate_shard(dataset, samples[rank::world], shard, segmenter, vocab, progress, desc, rank)
     if rank != 0:
         return None
     total = _gather(out, world, ConfusionMatrix(dataset.num_classes, dataset.ignore_index), signature)
@@ -203,7 +205,8 @@ def _evaluate_shard(
     todo = [s for s in samples if s.name not in done]
     bar = tqdm(todo, desc=desc, unit="img", disable=not progress or not todo, position=rank, file=sys.stderr)
     for count, sample in enumerate(bar, 1):
-        gt = dataset.load_label(sample)
+        # ground truth checks each pair as `ovss data check` does (sizes, values, modes)
+        gt = check_sample(dataset, sample) if segmenter is None else dataset.load_label(sample)
         start = time.perf_counter()
         # the whole API path, refinement included
         pred = gt.copy() if segmenter is None else segmenter.segment(sample.image, vocab).labels

@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,13 +159,20 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         raise InputError(f"{path}: {problem}")
 
 
-def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories (recursively, sorted) into image paths."""
+def find_images(inputs: list[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Expand files and directories (recursively, sorted) into image paths; files inside the
+    folder ``exclude`` (the output folder, when it lies inside an input folder) are left out of
+    the directory search, so a re-run never takes its own outputs for inputs."""
+    skip = Path(exclude).resolve() if exclude is not None else None
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _inside(p, skip)
+            )
             if not files:
                 raise InputError(f"{path}: directory holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
             found.extend(files)
@@ -172,13 +183,29 @@ def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and folder in path.resolve().parents
+
+
+def _host_tag() -> str:
+    """Eight hex digits naming this machine in temporary-file names (hostnames may hold dots)."""
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+# .NAME.<host>-<pid>.<random>.part<suffix>: whose temporary file it is, so that only a dead
+# process's leftovers are ever removed (a live process on the same folder keeps its own).
+_PART = re.compile(r"\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[A-Za-z0-9_]+\.part")
+LEGACY_PART_AGE_S = 3600.0  # untagged parts (older ovss) count as stale after an hour
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name stays under the 255-byte file-name limit however long the output's name is
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:150]}.", suffix=".part" + path.suffix[:20], dir=path.parent)
+    prefix = f".{path.name[:150]}.{_host_tag()}-{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part" + path.suffix[:20], dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -189,16 +216,70 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a process we may not signal still exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_part(path: Path) -> bool:
+    """A temporary file of :func:`atomic_path` whose writer is gone: tagged with this machine and a
+    dead pid, or an untagged one (older ovss) not touched for an hour. Parts of live processes and
+    of other machines (whose pids cannot be checked from here) are never stale."""
+    match = _PART.search(path.name)
+    if match is None:
+        try:
+            return time.time() - path.stat().st_mtime > LEGACY_PART_AGE_S
+        except FileNotFoundError:
+            return False
+    return match["host"] == _host_tag() and not pid_alive(int(match["pid"]))
+
+
 def remove_stale_parts(folder: str | os.PathLike) -> int:
-    """Delete the temporary files a killed process left behind in ``folder`` (atomic_path's
-    ``.NAME.XXXX.part*``); returns how many. Finished outputs are never touched."""
+    """Delete the temporary files that killed processes left in ``folder`` (see :func:`is_stale_part`);
+    returns how many. Finished outputs and live processes' temporary files are never touched."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    stale = [p for p in folder.rglob(".*.part*") if p.is_file()]
+    stale = [p for p in folder.rglob(".*.part*") if p.is_file() and is_stale_part(p)]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+def output_is_complete(path: Path) -> bool:
+    """Cheap check that a finished output is whole: a PNG/JPEG passes PIL's ``verify`` (chunk CRCs,
+    no decoding), a safetensors file has the length its header announces, a JSON file parses;
+    anything else must exist and be non-empty. A truncated file beside a valid marker fails."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            with Image.open(path) as im:
+                im.verify()
+            return True
+        if suffix == ".safetensors":
+            return _safetensors_complete(path)
+        if suffix == ".json":
+            json.loads(path.read_text())
+        return True
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError):
+        return False
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """The safetensors layout: 8-byte little-endian header length, JSON header, then the data."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return path.stat().st_size == 8 + size + end
 
 
 def _umask() -> int:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .device import device_for_rank
 from .errors import InputError
+from .jobs import register_job_kind
 
 DEFAULT_FORMATS = "png,coco"
 JOB_FILE = "label_job.json"
@@ -41,6 +42,13 @@ examples:
   ovss label photos/ --classes "cat; dog; sofa, couch" --clip openai/clip-vit-base-patch16 --out ds/
   ovss label photos/ --classes @classes.txt --background words --format coco,yolo-seg,cvat --out ds/
 """
+
+
+register_job_kind(
+    "label",
+    ("cache/labels/{stem}.png", "cache/confidence/{stem}.png", "cache/done/{stem}.json"),
+    "the images labelled so far are kept in OUT/cache, re-run the same command to continue and assemble the datasets",
+)
 
 
 def _cache_files(cache: Path, stem: str) -> dict[str, Path]:
@@ -132,7 +140,7 @@ def label(
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     out = Path(out)
     inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    paths, stems, unreadable = plan_images(inputs, out, max_pixels)
+    paths, stems, unreadable = plan_images(inputs, out, max_pixels, kind="label")
     # An output folder inside an input folder holds exported images: never label those again.
     own = [k for k, p in enumerate(paths) if out.resolve() not in p.resolve().parents]
     paths, stems = [paths[k] for k in own], [stems[k] for k in own]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
-from .datasets import SegDataset
+from .datasets import Sample, SegDataset
 
 
 @dataclass
@@ -25,12 +26,32 @@ class CheckReport:
         return self.problem_count == 0
 
 
-def check_dataset(ds: SegDataset, decode: int | None = 20, max_problems: int = 10) -> CheckReport:
-    """Check every sample's files exist; decode the first ``decode`` labels (all if None).
+class PairMismatch(InputError):
+    """Both files of a pair decode, but the label does not have its image's size."""
 
-    A decoded label must be readable, hold only valid values for the benchmark and have the
-    size of its image.
-    """
+
+def check_sample(ds: SegDataset, sample: Sample) -> np.ndarray:
+    """Check one (image, label) pair as ``ovss data check`` does and return the label (training
+    ids): both files exist and decode, the label is an index image (P/L/16-bit, not colour), its
+    values are classes of the benchmark or ignore, and it has its image's size. Raises a one-line
+    InputError otherwise (:class:`PairMismatch` for the size); the evaluation of
+    ``--method ground-truth`` calls this for every sample, so a mis-sized label cannot score 100 mIoU."""
+    if not sample.image.is_file():
+        raise InputError(f"{sample.image}: image not found")
+    label = ds.load_label(sample)  # existence, mode and values, with the dataset's encoding
+    try:
+        with Image.open(sample.image) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{sample.image}: not a readable image ({str(e).splitlines()[0][:100]})") from None
+    if label.shape != (h, w):
+        raise PairMismatch(f"{sample.label}: label is {label.shape[1]}x{label.shape[0]} but its image is {w}x{h}")
+    return label
+
+
+def check_dataset(ds: SegDataset, decode: int | None = 20, max_problems: int = 10) -> CheckReport:
+    """Check every sample's files exist; decode the first ``decode`` labels (all if None) and
+    check each decoded pair with :func:`check_sample`."""
     report = CheckReport(ds.key, len(ds))
 
     def problem(message: str) -> None:
@@ -50,16 +71,11 @@ def check_dataset(ds: SegDataset, decode: int | None = 20, max_problems: int = 1
         if decode is not None and i >= decode:
             continue
         try:
-            label = ds.load_label(sample)
-            with Image.open(sample.image) as im:
-                w, h = im.size
+            check_sample(ds, sample)
+        except PairMismatch as e:
+            problem(str(e))  # both files decoded
         except InputError as e:
             problem(str(e))
             continue
-        except (UnidentifiedImageError, OSError) as e:
-            problem(f"{sample.image}: not a readable image ({str(e).splitlines()[0][:100]})")
-            continue
         report.decoded += 1
-        if label.shape != (h, w):
-            problem(f"{sample.label}: label is {label.shape[1]}x{label.shape[0]} but its image is {w}x{h}")
     return report

@@ -96,10 +96,8 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ..io import DEFAULT_MAX_PIXELS, load_image, save_image
-    from ..jobs import finished, plan_images
+    from ..io import DEFAULT_MAX_PIXELS
+    from ..jobs import output_lock, plan_images, running
 
     if args.generator not in ("sam", "kmeans"):
         from .registry import available_mask_generators
@@ -108,10 +106,25 @@ def cmd_masks(args: argparse.Namespace) -> int:
             raise InputError(f"unknown mask generator {args.generator!r}; use sam or kmeans")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     out = Path(args.out)
-    ok_paths, ok_stems, unreadable = plan_images(args.inputs, out, max_pixels)
+    ok_paths, ok_stems, unreadable = plan_images(args.inputs, out, max_pixels, kind="masks")
+    with output_lock(out, "masks"), running("masks"):
+        return _run_masks(args, out, ok_paths, ok_stems, unreadable, max_pixels)
+
+
+def _run_masks(args: argparse.Namespace, out: Path, ok_paths, ok_stems, unreadable: int, max_pixels: int) -> int:
+    from tqdm import tqdm
+
+    from ..io import load_image, remove_stale_parts, save_image
+    from ..jobs import finished
+
+    remove_stale_parts(out)  # what a killed run was writing; live processes' files are kept
     job = _job(args)
-    todo = [(p, s) for p, s in zip(ok_paths, ok_stems)
-            if args.overwrite or not finished(out / (str(s) + ".json"), job, field="info.job")]  # fmt: skip
+
+    def done(stem) -> bool:
+        previews = [] if args.no_preview else [out / (str(stem) + ".png")]
+        return finished(out / (str(stem) + ".json"), job, field="info.job", outputs=previews)
+
+    todo = [(p, s) for p, s in zip(ok_paths, ok_stems) if args.overwrite or not done(s)]
     skipped = len(ok_paths) - len(todo)
     if not todo:
         print(f"ovss: all {len(ok_paths)} images already done in {out} (use --overwrite to redo)", file=sys.stderr)

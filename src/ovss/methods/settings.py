@@ -98,9 +98,10 @@ def _as_field(value: Any) -> Any:
 
 
 def fixed_vocabulary(checkpoint: Checkpoint | None, classes: Any, background: Any = None) -> Vocabulary:
-    """The vocabulary of a run: the caller's classes, or those a checkpoint was fitted for (which the
-    caller's classes, when given, must match)."""
-    recorded = (checkpoint.extra.get("vocabulary") if checkpoint is not None else None) or None
+    """The vocabulary of a run: the caller's classes, or those of a checkpoint fitted for fixed classes
+    (``extra["fixed_classes"]``, e.g. a TUSS classifier), which the caller's classes must then match."""
+    fixes = checkpoint is not None and checkpoint.extra.get("fixed_classes")
+    recorded = checkpoint.extra.get("vocabulary") if fixes else None
     fixed = None
     if recorded:
         fixed = Vocabulary(

@@ -41,7 +41,7 @@ class FMbSegMethod(DenseMatchingMethod):
 
     def __init__(self, backbones, settings: FMbSegSettings, device: torch.device, checkpoint: Checkpoint):
         super().__init__(backbones, settings, device)
-        self.module, self.info = load_checkpoint(checkpoint.extra.get("file", checkpoint.path))
+        self.module, self.info = load_checkpoint(checkpoint.extra.get("file", checkpoint))
         self.module.to(device)
         self.dino, self.text_encoder = backbones["dino"], backbones["clip"]
         self.mean, self.std, self.patch_size = self.dino.mean, self.dino.std, self.dino.patch_size

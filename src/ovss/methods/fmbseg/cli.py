@@ -53,7 +53,7 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, amg_preset=args.preset)
     settings.validate()
     vocab = vocabulary_for(args.vocab, args.background)
-    paths, stems, unreadable = plan_images(args.inputs, Path(args.out), DEFAULT_MAX_PIXELS)
+    paths, stems, unreadable = plan_images(args.inputs, Path(args.out), DEFAULT_MAX_PIXELS, kind="pseudo-label")
     device = resolve_device(args.device)
     clip = load_backbone("clip", args.clip, device)
     generator = SamMaskGenerator(load_backbone("sam", args.sam, device), preset=settings.amg_preset, device=device)
@@ -77,8 +77,9 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Train FMbSeg's alignment module on frozen DINOv2 features with TSupCon, from the pseudo-labels of "
-        "`ovss pseudo-label --method fmbseg`. OUT becomes a checkpoint folder (for `--checkpoint OUT`) after every "
-        "epoch, with OUT/loss_log.jsonl and a resumable state: re-run the same command to continue after a crash. "
+        "`ovss pseudo-label --method fmbseg`. OUT becomes a checkpoint folder (for `--checkpoint OUT`) when training "
+        "ends; OUT/loss_log.jsonl and the resume state OUT/state/ are written as it goes: re-run the same command to "
+        "continue exactly after a crash. "
         "Runs under `accelerate launch` on several GPUs or nodes unchanged."
     )
     p.add_argument("--images", required=True, help="folder of training images")
@@ -114,4 +115,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 PSEUDO_LABEL = Command("make training labels from CLIP + SAM (stage 1)", add_pseudo_label_arguments, run_pseudo_label)
-TRAIN = Command("train the alignment module on pseudo-labels with TSupCon (stage 2)", add_train_arguments, run_train)
+TRAIN = Command(
+    "train FMbSeg's alignment module on pseudo-labels with TSupCon (stage 2): the run folder becomes a checkpoint "
+    "(--checkpoint RUN); kill it at any point and re-run the same command to resume exactly",
+    add_train_arguments,
+    run_train,
+)

@@ -1,15 +1,17 @@
 """FMbSeg's alignment module: frozen DINOv2 patch tokens -> one transformer block -> projection
 into the CLIP text space (METHODS.md §3.6; U21, U22). MLP and linear variants for the ablation.
 
-Checkpoints are one safetensors file whose metadata holds the full configuration (module,
-backbones, templates, training vocabulary and settings), so a checkpoint alone rebuilds the
-segmenter.
+A training run's folder is an ``ovss.checkpoints`` checkpoint folder: the module config, the
+templates and training vocabulary are in its ``extra``, the backbones and training settings in
+their own fields, so the folder alone rebuilds the segmenter. Single-file checkpoints of older
+ovss still load.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ import torch
 from torch import nn
 
 from ...errors import ModelLoadError
-from ...io import atomic_path
 
 MODULE_KINDS = ("block", "mlp", "linear")
-METADATA_KEY = "ovss_fmbseg"
+METHOD = "fmbseg"
+METADATA_KEY = "ovss_fmbseg"  # the single-file format of older ovss: configuration in the safetensors metadata
+LEGACY_FILE = "checkpoint.safetensors"  # where older ovss wrote it, inside the run folder
+STAGING = ".checkpoint.new"  # the new checkpoint is written here, inside the run, then moved in
 
 
 @dataclass(frozen=True)
@@ -77,22 +81,76 @@ class _ResidualMLP(nn.Module):
         return x + self.net(x)
 
 
-def save_checkpoint(path: str | os.PathLike, module: AlignmentModule, info: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
+def save_checkpoint(
+    run: str | os.PathLike,
+    module: AlignmentModule,
+    settings: dict[str, Any],
+    backbones: dict[str, str],
+    extra: dict[str, Any],
+) -> Path:
+    """Make the folder ``run`` an ``ovss.checkpoints`` checkpoint (config.json + model.safetensors +
+    README.md) without touching what else it holds (a training run's ``state/`` and loss log).
 
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    meta = {METADATA_KEY: json.dumps({"module": asdict(module.config), **info}, default=str)}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    The checkpoint is written whole beside the files with :func:`ovss.checkpoints.save_checkpoint`,
+    then its files are moved in one rename each, config.json last: a reader sees the old
+    checkpoint or the new weights."""
+    from ...checkpoints import CARD, CONFIG, WEIGHTS
+    from ...checkpoints import save_checkpoint as save_folder
+
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    staging = run / STAGING
+    for leftover in (staging, *run.glob(f".{STAGING}.*.part")):  # a killed save's (the run's lock is held)
+        shutil.rmtree(leftover, ignore_errors=True)
+    save_folder(staging, METHOD, module.state_dict(), settings, backbones, {"module": asdict(module.config), **extra})
+    for name in (WEIGHTS, CARD, CONFIG):
+        os.replace(staging / name, run / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return run
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[AlignmentModule, dict[str, Any]]:
-    """Rebuild a module from a checkpoint; only safetensors is read (never pickles)."""
+def load_checkpoint(spec: str | os.PathLike | Any) -> tuple[AlignmentModule, dict[str, Any]]:
+    """Rebuild a module from a run folder, its ``model.safetensors``, an ``ovss.checkpoints.Checkpoint``
+    or (runs of older ovss) a single ``checkpoint.safetensors`` with its configuration in the
+    metadata. Only safetensors is read (never pickles). ``info`` holds the backbones (``dino``,
+    ``clip``), ``templates``, ``vocabulary`` and the training settings (``train``)."""
+    from ...checkpoints import CONFIG, Checkpoint
+    from ...checkpoints import load_checkpoint as load_folder
+
+    if isinstance(spec, Checkpoint):
+        return _from_folder(spec)
+    path = Path(spec)
+    if path.is_file() and not (path.parent / CONFIG).is_file():
+        return _load_single_file(path)
+    if path.is_dir() and not (path / CONFIG).is_file() and (path / LEGACY_FILE).is_file():
+        return _load_single_file(path / LEGACY_FILE)
+    if not path.exists() and not path.with_name(path.name + ".old").exists() and path.suffix == ".safetensors":
+        raise ModelLoadError(f"{path}: checkpoint not found; train one with `ovss train --method fmbseg`")
+    return _from_folder(load_folder(path, method=METHOD))
+
+
+def _from_folder(checkpoint: Any) -> tuple[AlignmentModule, dict[str, Any]]:
+    extra = dict(checkpoint.extra)
+    if "module" not in extra:
+        raise ModelLoadError(f"{checkpoint.path}: an fmbseg checkpoint without its module config; re-train it")
+    module = AlignmentModule(ModuleConfig(**extra.pop("module")))
+    backbones = checkpoint.backbones
+    info = {**extra, "dino": backbones.get("dino"), "clip": backbones.get("clip"), "train": dict(checkpoint.settings)}
+    return _fill(module, checkpoint.tensors(), checkpoint.path), info
+
+
+def _fill(module: AlignmentModule, state: dict[str, torch.Tensor], path: Path) -> AlignmentModule:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path}: weights do not fit the module ({str(e).splitlines()[0][:100]})") from None
+    return module.eval()
+
+
+def _load_single_file(path: Path) -> tuple[AlignmentModule, dict[str, Any]]:
+    """The format of older ovss: one safetensors file, the configuration in its metadata."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: checkpoint not found; train one with `ovss train --method fmbseg`")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -103,8 +161,4 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[AlignmentModule, dict[str,
         raise ModelLoadError(f"{path}: not an FMbSeg checkpoint (no {METADATA_KEY} metadata); wrong file?")
     info = json.loads(meta[METADATA_KEY])
     module = AlignmentModule(ModuleConfig(**info.pop("module")))
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise ModelLoadError(f"{path}: weights do not fit the module ({str(e).splitlines()[0][:100]})") from None
-    return module.eval(), info
+    return _fill(module, state, path), info

@@ -226,16 +226,24 @@ def run_pseudo_labels(
     under torchrun/accelerate each rank takes its share."""
     from pathlib import Path
 
+    from ...jobs import check_outputs, output_lock, running
+
+    out = Path(out)
+    if vocab.num_classes > IGNORE:
+        raise InputError(f"{vocab.num_classes} classes do not fit an 8-bit label PNG with 255 as ignore")
+    check_outputs([Path(p) for p in paths], stems, out, "pseudo-label")
+    with output_lock(out, "pseudo-label"), running("pseudo-label"):
+        return _pseudo_label_images(paths, stems, vocab, out, labeler, job, overwrite, progress)
+
+
+def _pseudo_label_images(paths, stems, vocab, out, labeler, job, overwrite: bool, progress: bool) -> dict[str, int]:
     from PIL import Image
 
     from ...io import remove_stale_parts, save_image, write_json
     from ...jobs import finished, my_shard, stream_images
     from .train import VOCAB_FILE
 
-    out = Path(out)
-    remove_stale_parts(out)  # what a killed run was writing; its finished images are kept
-    if vocab.num_classes > IGNORE:
-        raise InputError(f"{vocab.num_classes} classes do not fit an 8-bit label PNG with 255 as ignore")
+    remove_stale_parts(out)  # what a killed run was writing (dead pids only); its finished images are kept
     vocab_file = out / VOCAB_FILE
     if vocab_file.exists() and not overwrite:
         import json
@@ -244,7 +252,11 @@ def run_pseudo_labels(
             raise InputError(f"{vocab_file} holds another vocabulary; choose another --out or pass --overwrite")
     write_json(vocab_file, vocab.to_dict())
     shard = my_shard(list(zip(paths, stems)))
-    todo = [(p, s) for p, s in shard if overwrite or not finished((out / s).with_suffix(".json"), job)]
+
+    def done(stem) -> bool:  # the JSON marker and a whole label PNG beside it
+        return finished((out / stem).with_suffix(".json"), job, outputs=[(out / stem).with_suffix(".png")])
+
+    todo = [(p, s) for p, s in shard if overwrite or not done(s)]
     done = failed = 0
     for path, stem, image in stream_images(todo, "pseudo-label", progress):
         if image is None:

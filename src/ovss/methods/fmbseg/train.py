@@ -4,14 +4,22 @@ Frozen DINOv2 patch features of random square crops, patch labels by majority vo
 purity threshold (U23), N labelled patches sampled per image (U26), TSupCon (or SupCon, l_t,
 cross-entropy for the ablations) against frozen CLIP text embeddings of the training
 vocabulary. Runs through accelerate, so the same command trains on a CPU, one GPU or many
-(``accelerate launch``); each epoch ends with an atomic checkpoint and a resumable state.
+(``accelerate launch``).
+
+Resume is exact: the run folder's ``state/resume.pt`` (replaced by one rename every
+``save_every`` steps and at each epoch end) holds the module, optimizer and scheduler states,
+the RNG states and the data position (epoch, batch). Batch order, crops and patch samples are
+functions of (seed, epoch, batch), so a run killed at any point and started again gives the same
+weights as an uninterrupted one; the loss log is cut back to the saved step on resume. When
+training ends, the run folder itself becomes an ``ovss.checkpoints`` checkpoint folder.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,13 +31,13 @@ import torch.nn.functional as F
 
 from ..._version import __version__
 from ...errors import InputError
-from ...io import IMAGE_SUFFIXES, load_image, write_json
+from ...io import IMAGE_SUFFIXES, load_image
 from ...losses import LOSSES, loss_by_name
 from ...ops.resize import normalize
 from ...ops.text import embed_queries
 from ...templates import get_templates
 from ...vocab import Vocabulary
-from .module import MODULE_KINDS, AlignmentModule, ModuleConfig, save_checkpoint
+from .module import MODULE_KINDS, AlignmentModule, ModuleConfig
 
 IGNORE = 255
 VOCAB_FILE = "vocabulary.json"  # written by `ovss pseudo-label` next to the label PNGs
@@ -53,16 +61,44 @@ class TrainSettings:
     flip: bool = True  # U31
     templates: str = "openai_imagenet_80"  # U30
     seed: int = 0
-    log_every: int = 10
+    log_every: int = 10  # steps between loss-log lines
+    save_every: int = 50  # steps between resume states (each epoch end saves one too); not a paper value
+    max_steps: int | None = None  # stop after this many optimisation steps (short runs); None: all epochs
 
     def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            allowed = _SETTING_TYPES[str(f.type)]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise InputError(f"fmbseg setting {f.name} must be {f.type}, not {value!r}")
         if self.module not in MODULE_KINDS:
             raise InputError(f"unknown module {self.module!r}; choose one of {', '.join(MODULE_KINDS)}")
         if self.loss not in LOSSES:
             raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         get_templates(self.templates)
-        if min(self.size, self.batch_images, self.patches_per_image, self.epochs) < 1 or self.tau <= 0:
-            raise InputError("size, batch_images, patches_per_image, epochs and tau must be positive")
+        for name in ("size", "batch_images", "patches_per_image", "epochs", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"fmbseg setting {name} must be at least 1, not {getattr(self, name)}")
+        for name in ("tau", "lr"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"fmbseg setting {name} must be positive, not {getattr(self, name)}")
+        if self.weight_decay < 0 or self.text_weight < 0:
+            raise InputError("fmbseg settings weight_decay and text_weight must be >= 0")
+        if not 0 <= self.purity <= 1:
+            raise InputError(f"fmbseg setting purity must lie in [0, 1], not {self.purity}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"fmbseg setting max_steps must be at least 1 (or None), not {self.max_steps}")
+
+
+_SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
+}
+# Settings that change neither the weights nor the data order: a resumed run may change them.
+RUNTIME_SETTINGS = ("log_every", "save_every", "max_steps")
 
 
 def pair_images_and_labels(images: Path, labels: Path) -> list[tuple[Path, Path]]:
@@ -118,7 +154,7 @@ class PseudoLabelCrops(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         from PIL import Image
 
-        rng = random.Random(hash((self.seed, self.epoch, index)))
+        rng = random.Random(_derived_seed(self.seed, self.epoch, index))
         image_path, label_path = self.pairs[index]
         image = load_image(image_path)
         with Image.open(label_path) as im:
@@ -153,20 +189,37 @@ def train_fmbseg(
     clip: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train; resumes from ``out/state`` if an earlier run with the same settings stopped."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm import tqdm
-
-    from ...device import resolve_device
-    from ...models.registry import load_backbone
+    """Train into the run folder ``out``; resumes exactly from ``out/state`` if an earlier run with
+    the same data and settings stopped. One process (or one per rank) writes a run folder."""
+    from ...jobs import output_lock, running
 
     settings.validate()
     pairs = pair_images_and_labels(Path(images), Path(labels))
     vocab = read_vocabulary(Path(labels))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    with output_lock(out, "train"), running("train"):
+        return _train(pairs, vocab, Path(labels), out, settings, dino_name, clip_name, device, dino, clip, progress)
+
+
+def _train(
+    pairs, vocab, labels: Path, out: Path, settings: TrainSettings, dino_name, clip_name, device, dino, clip, progress
+):
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from ...device import resolve_device
+    from ...io import remove_stale_parts
+    from ...models.registry import load_backbone
+    from .module import save_checkpoint
+
+    if (out / "progress.json").exists() and not (out / STATE_FILE).exists():
+        raise InputError(f"{out} holds a training run of an older ovss that cannot be resumed; choose another --out")
+    remove_stale_parts(out)  # a killed run's half-written state or log (dead pids only)
     dev = resolve_device(device)
     accelerator = Accelerator(cpu=dev.type == "cpu")
-    set_seed(settings.seed)
+    torch.manual_seed(settings.seed)  # the module's initial weights
     dino = load_backbone("dino", dino if dino is not None else dino_name, accelerator.device)
     clip = load_backbone("clip", clip if clip is not None else clip_name, accelerator.device)
     if settings.size % dino.patch_size:
@@ -176,50 +229,101 @@ def train_fmbseg(
     module = AlignmentModule(config)
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     data = PseudoLabelCrops(pairs, settings.size, dino.mean, dino.std, settings.flip, settings.seed, len(vocab.names))
-    loader = torch.utils.data.DataLoader(data, batch_size=settings.batch_images, shuffle=True, drop_last=False,
-                                         generator=torch.Generator().manual_seed(settings.seed))  # fmt: skip
-    steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, settings.epochs * steps_per_epoch))
-    module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    batches_per_epoch = math.ceil(len(pairs) / settings.batch_images)
+    total = max(1, settings.epochs * batches_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"dino": getattr(dino, "name", "custom"), "clip": getattr(clip, "name", "custom"),
-            "templates": settings.templates, "vocabulary": vocab.to_dict(), "train": asdict(settings),
-            "images": len(pairs), "ovss_version": __version__}  # fmt: skip
-    signature = json.dumps({k: info[k] for k in ("dino", "clip", "vocabulary", "train", "images")}, sort_keys=True)
-    start_epoch = _resume(accelerator, out, signature)
-    log_path = out / "loss_log.jsonl"
-    step = start_epoch * steps_per_epoch
-    generator = torch.Generator().manual_seed(settings.seed)
+    backbones = {"dino": getattr(dino, "name", "custom"), "clip": getattr(clip, "name", "custom")}
+    train = asdict(settings)
+    identity = {
+        **backbones,
+        "vocabulary": vocab.to_dict(),
+        "images": [p.name for p, _ in pairs],  # names, not paths: ./photos and photos are the same data
+        "train": {k: v for k, v in train.items() if k not in RUNTIME_SETTINGS},
+    }
+    signature = json.dumps(identity, sort_keys=True, default=str)
+    position = _resume(out, signature, accelerator, module, optimizer, scheduler)
+    log_path = out / LOG_FILE
+    if accelerator.is_main_process:
+        _cut_log(log_path, position.step)
     loss_options = {"tau": settings.tau, "literal": settings.literal, "text_weight": settings.text_weight,
                     "present_texts_only": settings.present_texts_only}  # fmt: skip
-    for epoch in range(start_epoch, settings.epochs):
+    rank, world = accelerator.process_index, accelerator.num_processes
+    delay = float(os.environ.get(TEST_DELAY_ENV, 0) or 0)
+
+    def save(at: Position) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _save_state(out, signature, at, accelerator, module, optimizer, scheduler, delay)
+
+    def reached_max(step: int) -> bool:
+        return settings.max_steps is not None and step >= settings.max_steps
+
+    step = position.step
+    for epoch in range(position.epoch, settings.epochs):
+        if reached_max(step):
+            break
         data.epoch = epoch
         module.train()
-        bar = tqdm(loader, desc=f"fmbseg epoch {epoch + 1}/{settings.epochs}", unit="batch",
-                   disable=not (progress and accelerator.is_main_process))  # fmt: skip
-        for pixels, pixel_labels in bar:
+        order = _epoch_order(len(pairs), settings.seed, epoch)
+        first = position.batch if epoch == position.epoch else 0
+        show = progress and accelerator.is_main_process
+        bar = tqdm(
+            range(first, batches_per_epoch),
+            f"fmbseg epoch {epoch + 1}/{settings.epochs}",
+            unit="batch",
+            disable=not show,
+        )
+        for b in bar:
+            batch = _rank_share(order[b * settings.batch_images : (b + 1) * settings.batch_images], rank, world)
+            items = [data[int(i)] for i in batch]
+            pixels = torch.stack([x for x, _ in items]).to(accelerator.device)
+            pixel_labels = torch.stack([y for _, y in items]).to(accelerator.device)
             with torch.no_grad():
                 grid = dino.patch_features(pixels)  # frozen (L7)
             z = module(grid.flatten(2).transpose(1, 2))  # (B, T, D)
             y = patch_labels(pixel_labels, dino.patch_size, settings.purity)
+            generator = torch.Generator().manual_seed(_derived_seed(settings.seed, epoch, b, rank))
             zs, ys = _sample(z, y, settings.patches_per_image, generator)
-            if len(ys) < 2:
-                continue  # nothing to contrast in this batch
-            loss = loss_by_name(settings.loss, zs, ys, text, **loss_options)
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if accelerator.is_main_process and step % settings.log_every == 0:
-                with log_path.open("a") as fh:
-                    fh.write(json.dumps({"epoch": epoch, "step": step, "loss": loss.item(), "patches": len(ys),
-                                         "lr": scheduler.get_last_lr()[0], "time": time.time()}) + "\n")  # fmt: skip
-        _end_epoch(accelerator, out, module, info, signature, epoch)
-    return {"checkpoint": str(out / "checkpoint.safetensors"), "epochs": settings.epochs, "steps": step}
+            if _all_ranks(accelerator, len(ys) >= 2):  # else nothing to contrast; ranks skip together (DDP)
+                loss = loss_by_name(settings.loss, zs, ys, text, **loss_options)
+                optimizer.zero_grad()
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if accelerator.is_main_process and step % settings.log_every == 0:
+                    lr = scheduler.get_last_lr()[0]
+                    record = {"epoch": epoch, "step": step, "loss": loss.item(), "patches": len(ys), "lr": lr}
+                    _append_log(log_path, {**record, "time": time.time()})
+                if delay:
+                    time.sleep(delay)  # test hook: widens the windows a kill -9 test aims at
+            at = Position(epoch, b + 1, step) if b + 1 < batches_per_epoch else Position(epoch + 1, 0, step)
+            if step > position.step and (step % settings.save_every == 0 or at.batch == 0 or reached_max(step)):
+                save(at)
+                position = at
+            if reached_max(step):
+                break
+    if step == 0:
+        raise InputError(
+            f"no training step was made: no batch had two labelled patches (are the labels of {labels} all "
+            "ignore, 255?); check the pseudo-labels or lower purity"
+        )
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(module)
+        extra = {
+            "templates": settings.templates,
+            "vocabulary": vocab.to_dict(),
+            "images": len(pairs),
+            "epochs_done": position.epoch,
+            "steps": step,
+            "ovss_version": __version__,
+        }
+        save_checkpoint(out, unwrapped, train, backbones, extra)
+    accelerator.wait_for_everyone()
+    return {"checkpoint": str(out), "epochs": position.epoch, "steps": step}
 
 
 def _sample(z: torch.Tensor, y: torch.Tensor, n: int, generator: torch.Generator):
@@ -234,30 +338,118 @@ def _sample(z: torch.Tensor, y: torch.Tensor, n: int, generator: torch.Generator
     return torch.cat(picked_z), torch.cat(picked_y).to(z.device)
 
 
-def _resume(accelerator, out: Path, signature: str) -> int:
-    progress = out / "progress.json"
-    if not progress.exists():
-        return 0
-    state = json.loads(progress.read_text())
-    if state["signature"] != signature:
+STATE_FILE = "state/resume.pt"
+LOG_FILE = "loss_log.jsonl"
+TEST_DELAY_ENV = "OVSS_TEST_TRAIN_DELAY"  # seconds to sleep after each step and inside each state write
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: the next batch to run is ``batch`` of ``epoch``; ``step`` steps made."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+def _rank_share(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's images of a batch; a batch smaller than the world gives some ranks a repeat, so
+    that every rank steps together (DDP needs each one in every backward pass)."""
+    share = batch[rank::world]
+    return share if len(share) else batch[rank % len(batch) :][:1]
+
+
+def _all_ranks(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    flags = accelerator.gather(torch.tensor([int(flag)], device=accelerator.device))
+    return bool(flags.min().item())
+
+
+def _derived_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (NumPy's SeedSequence hashing), the same in every process."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled image order of ``epoch``: a function of (seed, epoch) only, so a resume replays it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_derived_seed(seed, epoch)))
+
+
+def _save_state(out: Path, signature: str, at: Position, accelerator, module, optimizer, scheduler, delay: float):
+    """Write the resume state to a temporary file and rename it over the old one (one rename)."""
+    from ...io import atomic_path
+
+    numpy_state = np.random.get_state()
+    state = {
+        "signature": signature,
+        "position": asdict(at),
+        "module": accelerator.unwrap_model(module).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "python": random.getstate(),
+        },
+    }
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+        if delay:
+            time.sleep(delay)  # test hook: a kill here must leave the previous state usable
+
+
+def _resume(out: Path, signature: str, accelerator, module, optimizer, scheduler) -> Position:
+    path = out / STATE_FILE
+    if not path.exists():
+        return Position()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
+    except Exception as e:  # torch raises several types for a damaged file
+        raise InputError(
+            f"{path}: unreadable resume state ({str(e).splitlines()[0][:80]}); delete it to restart"
+        ) from None
+    if state.get("signature") != signature:
         raise InputError(f"{out} holds a training run with other data or settings; choose another --out")
-    accelerator.load_state(str(out / "state"))
-    return int(state["epochs_done"])
+    accelerator.unwrap_model(module).load_state_dict(state["module"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    return Position(**state["position"])
 
 
-def _end_epoch(accelerator, out: Path, module, info: dict[str, Any], signature: str, epoch: int) -> None:
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Keep the whole log lines of steps up to ``step`` (the resume point), so replayed steps are
+    not logged twice and a line cut by a kill is dropped; rewritten atomically."""
+    from ...io import atomic_path
+
+    if not path.exists():
         return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "state.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    shutil.rmtree(out / "state", ignore_errors=True)
-    tmp.rename(out / "state")
-    unwrapped = accelerator.unwrap_model(module)
-    save_checkpoint(out / "checkpoint.safetensors", unwrapped, {**info, "epochs_done": epoch + 1})
-    write_json(out / "progress.json", {"signature": signature, "epochs_done": epoch + 1})
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(json.dumps(record))
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def settings_from_overrides(overrides: dict[str, Any]) -> TrainSettings:

@@ -66,7 +66,7 @@ def run_fit(args: argparse.Namespace) -> int:
     fs = fit_settings({k: v for k, v in given.items() if k in fit_keys})
     vocab = vocabulary_for(args.vocab, args.background, family=SPEC.family)
     out = Path(args.out)
-    paths, stems, unreadable = plan_images(args.images, out, DEFAULT_MAX_PIXELS)
+    paths, stems, unreadable = plan_images(args.images, out, DEFAULT_MAX_PIXELS, kind="bank")
     if unreadable:
         raise InputError(f"{unreadable} training image(s) are unreadable (listed above); remove them and re-run")
     models = {"clip": args.clip or default_model("clip"), "sam": args.sam or default_model("sam")}

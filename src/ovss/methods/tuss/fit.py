@@ -140,14 +140,28 @@ class Bank:
 def build_bank(method: TUSSMethod, paths: list[Path], stems: list[str], folder: Path, job: dict[str, Any],
                progress: bool = True) -> int:  # fmt: skip
     """Embed the masks of every image not yet in ``folder``; returns how many images failed."""
+    from ...jobs import check_outputs, output_lock, running
+
+    check_outputs(paths, stems, folder.parent, "bank")  # no embedding file may overwrite a training image
+    folder.mkdir(parents=True, exist_ok=True)
+    with output_lock(folder, "bank"), running("bank"):
+        return _embed_images(method, paths, stems, folder, job, progress)
+
+
+def _bank_done(folder: Path, stem: str, job: dict[str, Any]) -> bool:
+    """The image's masks JSON (written last) records this job and its embeddings file is whole."""
+    return finished(folder / f"{stem}.masks.json", job, "info.job", outputs=[folder / f"{stem}.safetensors"])
+
+
+def _embed_images(
+    method: TUSSMethod, paths: list[Path], stems: list[str], folder: Path, job: dict[str, Any], progress: bool
+) -> int:
     from safetensors.torch import save_file
 
     from ...io import atomic_path
 
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_parts(folder)
-    todo = [(p, s) for p, s in my_shard(list(zip(paths, stems))) if not finished(folder / f"{s}.masks.json", job,
-                                                                                   "info.job")]  # fmt: skip
+    remove_stale_parts(folder)  # only dead processes' temporary files; a live rank's are kept
+    todo = [(p, s) for p, s in my_shard(list(zip(paths, stems))) if not _bank_done(folder, s, job)]
     failed = 0
     for path, stem, image in stream_images(todo, "mask bank", progress):
         if image is None:
@@ -168,7 +182,7 @@ def build_bank(method: TUSSMethod, paths: list[Path], stems: list[str], folder: 
 
 def wait_for_bank(stems: list[str], folder: Path, job: dict[str, Any], poll: float = 5.0) -> None:
     """Rank 0 of a multi-process run waits until every rank has written its share."""
-    while missing := [s for s in stems if not finished(folder / f"{s}.masks.json", job, "info.job")]:
+    while missing := [s for s in stems if not _bank_done(folder, s, job)]:
         print(f"ovss: waiting for {len(missing)} images from other ranks (first: {missing[0]})", file=sys.stderr)
         time.sleep(poll)
 
