@@ -1,4 +1,4 @@
-"""Each last-block variant against a plain re-implementation of METHODS.md §0.4(b) and §5.1.
+"""Each last-block variant against a plain re-implementation of docs/methods.md §0.4(b) and §5.1.
 
 The reference below is written from the formulas with explicit per-head loops; it shares no
 code with ovss.ops.dense_clip. Perturbing a weight the variant depends on must break agreement.

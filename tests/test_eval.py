@@ -115,7 +115,7 @@ def test_changed_settings_do_not_mix_with_old_partials(evaldata, tmp_path):
 
 def test_every_protocol_family_resolves_for_every_benchmark():
     for family in FAMILIES:
-        assert FAMILIES[family]["source"].startswith(("PROTOCOL.md §", "METHODS.md §"))
+        assert FAMILIES[family]["source"].startswith(("docs/reference-protocol.md §", "docs/methods.md §"))
         for benchmark in BENCHMARKS:
             p = resolve(family, benchmark)
             assert p.metric in ("union", "present")

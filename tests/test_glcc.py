@@ -1,4 +1,4 @@
-"""TUSS GLCC (METHODS.md §1.5): kNN search, label propagation, inductive read-out, probe, bootstrapping."""
+"""TUSS GLCC (docs/methods.md §1.5): kNN search, label propagation, inductive read-out, probe, bootstrapping."""
 
 from __future__ import annotations
 

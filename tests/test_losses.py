@@ -1,4 +1,4 @@
-"""TSupCon and SupCon against a direct loop over the formulas of METHODS.md §3.6."""
+"""TSupCon and SupCon against a direct loop over the formulas of docs/methods.md §3.6."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Confusion-matrix evaluation: PROTOCOL.md §6 conventions, ignore handling, shards, persistence, real ADE20K masks."""
+"""Confusion-matrix evaluation: the conventions of docs/reference-protocol.md §6, ignore handling, shards,
+persistence, real ADE20K masks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ovss.metrics import CONVENTIONS, ConfusionMatrix, format_table, to_markdown
 
 
 def _reference(pred: np.ndarray, gt: np.ndarray, k: int, ignore: int, convention: str) -> dict:
-    """Straightforward per-class loop over boolean masks, independent of the module (PROTOCOL.md §6)."""
+    """Straightforward per-class loop over boolean masks, independent of the module (docs/reference-protocol.md §6)."""
     keep = gt != ignore
     p, g = pred[keep], gt[keep]
     ious, accs, counted, weights = [], [], [], []
@@ -58,7 +59,7 @@ def _assert_results_equal(a: dict, b: dict) -> None:
         np.testing.assert_equal(a[key], b[key])
 
 
-# -- PROTOCOL.md §6.3 and exact cases ----------------------------------------------------------------
+# -- docs/reference-protocol.md §6.3 and exact cases ----------------------------------------------------------------
 
 
 def test_worked_example_of_protocol_6_3():

@@ -126,7 +126,7 @@ def test_postprocess_area_thd_drops_a_small_class():
 
 
 def _pamr_reference(image, mask, iters, dilations):
-    """Literal convolutional form of the PAMR rule (METHODS.md §5.7)."""
+    """Literal convolutional form of the PAMR rule (docs/methods.md §5.7)."""
     k8 = torch.zeros(8, 1, 3, 3)
     pos = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
     for i, (a, b) in enumerate(pos):

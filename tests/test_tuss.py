@@ -160,7 +160,7 @@ def _reference_map(method, image, masks):
 
 def test_pooled_embeddings_equal_pooling_the_map():
     """The bank's route (mask weights pushed down to every view's patch grid) gives the numbers of
-    upsampling every view, averaging, mixing and pooling (METHODS.md §1.3), without the map."""
+    upsampling every view, averaging, mixing and pooling (docs/methods.md §1.3), without the map."""
     from ovss.masks.pooling import mask_pool
 
     rng = np.random.default_rng(1)

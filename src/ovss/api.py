@@ -72,7 +72,7 @@ class Segmenter:
         self.refine = self._refiner(refine, cache)
 
     def _refiner(self, refine: dict[str, Any] | None, cache: ModelCache | None = None):
-        """SAM mask refinement (METHODS.md §5.8): ``{"sam": name, "preset": ..., "vote": "labels"|"logits"}``."""
+        """SAM mask refinement (docs/methods.md §5.8): ``{"sam": name, "preset": ..., "vote": "labels"|"logits"}``."""
         if not refine:
             return None
         from .errors import InputError

@@ -1,6 +1,6 @@
 """Supervised contrastive losses over patch embeddings: SupCon, FMbSeg's TSupCon and its l_t term.
 
-METHODS.md §3.6. ``z`` are L2-normalised patch embeddings ``(M, D)`` with pseudo-classes ``y``;
+docs/methods.md §3.6. ``z`` are L2-normalised patch embeddings ``(M, D)`` with pseudo-classes ``y``;
 ``t`` are the frozen, L2-normalised text embeddings ``(K, D)`` of the whole training vocabulary.
 Every dot product is divided by the temperature ``tau`` (L1). The reconstruction choices L2-L6
 are the keyword arguments; the defaults are the register's.

@@ -1,7 +1,7 @@
 """Streaming semantic-segmentation evaluation: one dataset-level confusion matrix, two mIoU conventions.
 
 The field never averages per-image IoUs: every method accumulates a single confusion matrix over the
-whole split and derives mIoU from it once (PROTOCOL.md §6). :class:`ConfusionMatrix` does exactly
+whole split and derives mIoU from it once (docs/reference-protocol.md §6). :class:`ConfusionMatrix` does exactly
 that, shard by shard (``merge`` sums the matrices of data-parallel workers) and resumably (``save`` /
 ``load``), and :meth:`ConfusionMatrix.results` reports the numbers under a named convention:
 
@@ -82,7 +82,7 @@ class ConfusionMatrix:
         self.num_classes = int(num_classes)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        # Images seen, for reporting (PROTOCOL.md §7): a 2-D map is one image, an (N, H, W) batch N.
+        # Images seen, for reporting (docs/reference-protocol.md §7): a 2-D map is one image, an (N, H, W) batch N.
         self.num_images = 0
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
-"""The benchmark protocol as data: one table per protocol family (PROTOCOL.md §4 and §9).
+"""The benchmark protocol as data: one table per protocol family (docs/reference-protocol.md §4 and §9).
 
 Each family maps a setting to ``{"default": value, <benchmark>: override, ...}``. Every family
-names the PROTOCOL.md sections its values come from in ``source``; values that come from
+names the docs/reference-protocol.md sections its values come from in ``source``; values that come from
 elsewhere carry their own entry in ``notes``. ``resolve(family, benchmark)`` turns the table into
 method settings, the background mode and the metric convention for one benchmark.
 """
@@ -15,12 +15,12 @@ from .errors import InputError
 
 BENCHMARKS = ("voc21", "pc60", "coco_object", "voc20", "pc59", "coco_stuff171", "cityscapes", "ade20k150")
 
-# Benchmarks whose class 0 is "background" and is predicted (PROTOCOL.md §2).
+# Benchmarks whose class 0 is "background" and is predicted (docs/reference-protocol.md §2).
 WITH_BACKGROUND = ("voc21", "pc60", "coco_object")
 
 FAMILIES: dict[str, dict[str, Any]] = {
     "sclip": {  # LaVG identical
-        "source": "PROTOCOL.md §4.2 (SCLIP row), §4.3, §9 families.sclip",
+        "source": "docs/reference-protocol.md §4.2 (SCLIP row), §4.3, §9 families.sclip",
         "names": "sclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "coco_stuff171": 448, "cityscapes": 560},
         "window": {"default": (224, 112)},
@@ -33,7 +33,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "metric": "union",
     },
     "naclip": {  # ResCLIP identical
-        "source": "PROTOCOL.md §4.2 (NACLIP row), §4.3, §9 families.naclip",
+        "source": "docs/reference-protocol.md §4.2 (NACLIP row), §4.3, §9 families.naclip",
         "names": "naclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "cityscapes": 560},
         "window": {"default": (224, 112), "voc21": None, "voc20": None},
@@ -46,7 +46,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "metric": "union",
     },
     "clearclip": {
-        "source": "PROTOCOL.md §4.2 (ClearCLIP row), §4.3, §5.3 (padding), §9 families.clearclip",
+        "source": "docs/reference-protocol.md §4.2 (ClearCLIP row), §4.3, §5.3 (padding), §9 families.clearclip",
         "names": "clearclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 448},
         "window": {"default": (448, 224), "cityscapes": (224, 224)},
@@ -65,7 +65,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "metric": "union",
     },
     "sc_clip": {
-        "source": "PROTOCOL.md §4.2 (SC-CLIP row), §4.3, §9 families.sc_clip",
+        "source": "docs/reference-protocol.md §4.2 (SC-CLIP row), §4.3, §9 families.sc_clip",
         "names": "sc_clip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "cityscapes": 560},
         "window": {"default": (224, 112)},
@@ -76,10 +76,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
         "templates": {"default": "openai_imagenet_80"},
         "metric": "union",
-        "notes": {"background": "SCLIP-style background handling is our reading (PROTOCOL.md §4.2 sources)"},
+        "notes": {"background": "SCLIP-style background handling, our reading of docs/reference-protocol.md §4.2"},
     },
     "trident": {
-        "source": "PROTOCOL.md §4.2 (Trident row), §4.3, §9 families.trident",
+        "source": "docs/reference-protocol.md §4.2 (Trident row), §4.3, §9 families.trident",
         "names": "trident",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {
             "default": 336,
@@ -100,10 +100,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
         "templates": {"default": "openai_imagenet_80"},
         "metric": "union",
-        "notes": {"background": "SCLIP-style background handling is our reading (PROTOCOL.md §4.2 sources)"},
+        "notes": {"background": "SCLIP-style background handling, our reading of docs/reference-protocol.md §4.2"},
     },
     "proxyclip_corrclip": {
-        "source": "PROTOCOL.md §4.2 (ProxyCLIP / CorrCLIP row), §4.3, §5.3, §9 families.proxyclip_corrclip",
+        "source": "docs/reference-protocol.md §4.2 (ProxyCLIP / CorrCLIP row), §4.3, §5.3, §9",
         "names": "proxyclip",  # the class-name files it queries (ovss/data/names, docs/protocol.md)
         "short_side": {"default": 336, "cityscapes": 448, "ade20k150": 448},
         "window": {"default": (336, 112), "cityscapes": (224, 112)},

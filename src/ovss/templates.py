@@ -5,7 +5,7 @@ from __future__ import annotations
 from .errors import InputError
 
 # The 80 prompts of OpenAI CLIP's ImageNet zero-shot evaluation, in their original order
-# (SCLIP family, FMbSeg; PROTOCOL.md §5.4).
+# (SCLIP family, FMbSeg; docs/reference-protocol.md §5.4).
 OPENAI_IMAGENET_80 = (
     "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
     "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
@@ -32,16 +32,16 @@ OPENAI_IMAGENET_80 = (
     "a photo of a small {}.", "a tattoo of the {}.",
 )  # fmt: skip
 
-# TCL / CLIP-DINOiser "sub-ImageNet" set (PROTOCOL.md §4.1).
+# TCL / CLIP-DINOiser "sub-ImageNet" set (docs/reference-protocol.md §4.1).
 SUB_IMAGENET_7 = (
     "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
     "a {} in a video game.", "art of the {}.", "a photo of the small {}.",
 )  # fmt: skip
 
-# PixelCLIP / CAT-Seg test-time set (METHODS.md §2.9).
+# PixelCLIP / CAT-Seg test-time set (docs/methods.md §2.9).
 IMAGENET_SELECT_8 = (*SUB_IMAGENET_7, "A photo of a {} in the scene")
 
-# ViLD's 14 prompts (TUSS default, METHODS.md §1.4).
+# ViLD's 14 prompts (TUSS default, docs/methods.md §1.4).
 VILD_14 = (
     "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene",
     "There is the {} in the scene", "a photo of a {} in the scene", "a photo of a small {}.",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .errors import InputError
 
-# SCLIP's 26 background words for VOC21 and COCO-Object (PROTOCOL.md §5.4).
+# SCLIP's 26 background words for VOC21 and COCO-Object (docs/reference-protocol.md §5.4).
 BACKGROUND_WORDS_26 = (
     "sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain", "sands", "desk", "bed",
     "building", "cloud", "lamp", "door", "window", "wardrobe", "ceiling", "shelf", "curtain", "stair",

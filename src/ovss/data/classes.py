@@ -2,7 +2,7 @@
 
 These are the datasets' own label names (one plain name per class), not the synonym lists that
 methods feed to CLIP. Index ``i`` of each tuple is training id ``i`` of the benchmark
-(PROTOCOL.md §2): ``VOC21[0]`` is background, ``ADE20K_150[0]`` is ADE class 1 ("wall"), because
+(docs/reference-protocol.md §2): ``VOC21[0]`` is background, ``ADE20K_150[0]`` is ADE class 1 ("wall"), because
 ``ade20k150`` applies ``reduce_zero_label``.
 
 Sources: the PASCAL VOC 2012 devkit class list; the 59 frequent PASCAL-Context classes; the

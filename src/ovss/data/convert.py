@@ -1,4 +1,4 @@
-"""Label converters for the benchmarks that need one (PROTOCOL.md §3), and a COCO panoptic decoder.
+"""Label converters for the benchmarks that need one (docs/reference-protocol.md §3), and a COCO panoptic decoder.
 
 Every converter is resumable: an output that already exists is skipped, and each output is
 written to a temporary file that replaces the target only when complete, so an interrupted or
@@ -85,7 +85,7 @@ def coco_object_lut(unlabelled: str = "background") -> np.ndarray:
     GroupViT/SCLIP ``cvt_coco_object.py`` converter writes, so numbers match published ones) or
     ``"ignore"`` (255 kept, so unlabelled pixels are not scored).
     """
-    # Our reading of PROTOCOL.md §2/§3 (which leaves the unlabelled pixels open, "[our choice]"):
+    # Our reading of docs/reference-protocol.md §2/§3 (which leaves the unlabelled pixels open, "[our choice]"):
     # in the GroupViT converter every source value above 90, including 255, is set to background,
     # so unlabelled pixels count as background in the published COCO-Object numbers. That is our
     # default; "ignore" is offered for those who prefer not to score unannotated pixels.

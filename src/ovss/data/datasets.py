@@ -2,7 +2,7 @@
 
 ``open_dataset(key, root)`` finds the dataset under ``root`` and lists its samples;
 ``SegDataset.load_label`` returns the ground truth already in the benchmark's training-id
-encoding (PROTOCOL.md §2-§3): values ``0..num_classes-1`` and ``255`` (ignored).
+encoding (docs/reference-protocol.md §2-§3): values ``0..num_classes-1`` and ``255`` (ignored).
 
 Layouts (``root`` may be the parent folder, or the dataset folder itself):
 
@@ -53,7 +53,7 @@ class DatasetInfo(NamedTuple):
     has_background: bool
 
 
-# The eight benchmarks (PROTOCOL.md §2). ``has_background``: class 0 is "background" and is
+# The eight benchmarks (docs/reference-protocol.md §2). ``has_background``: class 0 is "background" and is
 # predicted. ``reduce_zero_label``: the file's 0 becomes 255 (ignored) and k becomes k - 1.
 DATASETS: dict[str, DatasetInfo] = {
     "voc21": DatasetInfo(21, "PASCAL VOC 2012 val (1,449 images), background + 20 classes", False, True),

@@ -351,7 +351,7 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
 
 
 def containment_filter(masks: torch.Tensor, levels: list[int | None], threshold: float) -> list[int]:
-    """TUSS's "rock-sand-water" filter (METHODS.md §1.2): visit levels from whole (2) to
+    """TUSS's "rock-sand-water" filter (docs/methods.md §1.2): visit levels from whole (2) to
     sub-part (0); every mask of the top level present is kept; a lower-level mask is kept only
     if the largest fraction of its own area covered by one already kept mask of a *higher*
     level is below ``threshold``. Masks of one level are not tested against each other.

@@ -1,7 +1,7 @@
 """Class-agnostic masks from k-means on DINO / DINOv2 patch features (S-Seg: K = 8 on DINO
 ViT-S/8; PixelCLIP: K = 16 on DINO ViT-S/16), behind the same MaskSet output as the SAM generator.
 
-Defaults (METHODS.md §4.2, [our choice] there): short side resized to 448, last-layer patch
+Defaults (docs/methods.md §4.2, [our choice] there): short side resized to 448, last-layer patch
 tokens, L2-normalised, Euclidean k-means (= cosine) with k-means++ seeding, the cluster map
 upsampled to the image with nearest interpolation, one mask per non-empty cluster.
 """

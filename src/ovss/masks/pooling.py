@@ -1,11 +1,11 @@
 """Mask pooling (mean dense feature inside each mask) and mask refinement of a label map.
 
-* :func:`mask_pool` - TUSS's rule (METHODS.md §1.3): upsample the (D, h, w) feature map
+* :func:`mask_pool` - TUSS's rule (docs/methods.md §1.3): upsample the (D, h, w) feature map
   bilinearly to the mask resolution and average it over each mask's pixels. Computed without
   forming the (D, H, W) upsampled map: bilinear upsampling is ``M_y F M_x^T``, so the mean over a
   mask m is ``<M_y^T m M_x, F> / |m|``, one small weight map per mask. ``mode="area"`` instead
   averages the features with each mask's area-downsampled coverage of the feature cells.
-* :func:`refine_labels` - SAM/SAM2 refinement (METHODS.md §5.8): every region takes the most
+* :func:`refine_labels` - SAM/SAM2 refinement (docs/methods.md §5.8): every region takes the most
   frequent label inside it (or the argmax of its summed logits); pixels outside all regions keep
   their label.
 """
@@ -102,7 +102,7 @@ def refine_labels(
     min_area: int = 0,
     ignore_index: int | None = None,
 ) -> np.ndarray:
-    """Give every mask region one label (METHODS.md §5.8).
+    """Give every mask region one label (docs/methods.md §5.8).
 
     ``labels``: ``(H, W)`` int label map (after any background thresholding). ``masks``: a
     MaskSet, ``(N, H, W)`` bool masks (overlaps resolved largest first, see :func:`region_map`)

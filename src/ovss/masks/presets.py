@@ -37,7 +37,7 @@ class AMGSettings:
     min_mask_region_area: int = 0
     output_mode: str = "binary_mask"
     multimask_output: bool = True  # False: one mask per point (SAM's token 0), level None
-    # TUSS level-aware generation (METHODS.md §1.2): per multimask level (0 sub-part, 1 part, 2 whole).
+    # TUSS level-aware generation (docs/methods.md §1.2): per multimask level (0 sub-part, 1 part, 2 whole).
     level_iou_offsets: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the IoU before thresholding
     level_stability_offsets: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the stability score
     level_nms_offsets: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the NMS ranking score
@@ -155,7 +155,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "tuss",
-            "TUSS l2_nmsf_s1_rsw3 (METHODS.md §1.2): 32 points, IoU 0.86 (+0.1 for level 2), stability 0.92, "
+            "TUSS l2_nmsf_s1_rsw3 (docs/methods.md §1.2): 32 points, IoU 0.86 (+0.1 for level 2), stability 0.92, "
             "1 crop layer with 16x16 points, min area 100, level-2 NMS priority +1, containment filter 0.3",
             {
                 "points_per_side": 32,

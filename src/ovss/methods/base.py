@@ -54,7 +54,7 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-# Tiers for comparisons (ANCHORS.md §3): what supervision stands behind a method's models.
+# Tiers for comparisons, as the field groups its results: what supervision stands behind a method's models.
 TIERS = {
     "A": "CLIP only",
     "B": "CLIP plus label-free DINO/SAM",

@@ -2,7 +2,7 @@
 
 image -> keep-ratio resize -> sliding windows -> ``embed`` (B, D, h, w) -> cosine with the
 query texts -> window average -> upsample to the original size -> optional PAMR -> the SCLIP
-post-processing (METHODS.md §0.4). Dense-CLIP methods, FMbSeg and others differ only in
+post-processing (docs/methods.md §0.4). Dense-CLIP methods, FMbSeg and others differ only in
 ``embed`` (and their default settings), so they subclass :class:`DenseMatchingMethod`.
 """
 
@@ -41,7 +41,7 @@ PAMR_MAX_FLOATS = 1 << 29  # PAMR holds a few full-resolution score maps at once
 
 @dataclass(frozen=True)
 class DenseSettings:
-    short_side: int = 336  # mmseg keep-ratio resize target (PROTOCOL.md §5.1)
+    short_side: int = 336  # mmseg keep-ratio resize target (docs/reference-protocol.md §5.1)
     long_max: int = 2048
     size_multiple: int | None = None  # round both resized sides up to a multiple of this
     window: tuple[int, int] | None = (224, 112)  # (crop, stride); None = one whole-image pass
@@ -49,7 +49,7 @@ class DenseSettings:
     logit_scale: float = 40.0  # softmax temperature over all queries
     prob_thd: float = 0.0  # below this best-class probability a pixel becomes class 0
     area_thd: float | None = None  # foreground classes under this share of fg pixels are dropped
-    pamr_iterations: int = 0  # PAMR refinement of the raw cosine map (METHODS.md §5.7)
+    pamr_iterations: int = 0  # PAMR refinement of the raw cosine map (docs/methods.md §5.7)
     pamr_dilations: tuple[int, ...] = (8, 16)
     templates: str = "openai_imagenet_80"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)

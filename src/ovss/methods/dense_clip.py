@@ -20,7 +20,7 @@ from .settings import family_defaults
 
 @dataclass(frozen=True)
 class DenseCLIPSettings(DenseSettings):
-    variant: str = "sclip"  # last-block variant (METHODS.md §5.1)
+    variant: str = "sclip"  # last-block variant (docs/methods.md §5.1)
     # All five references run mmseg's test pipeline: OpenCV resize of the uint8 image and the
     # data preprocessor's rounded 0-255 constants (docs/protocol.md).
     resize_backend: str = "cv2"

@@ -1,4 +1,4 @@
-"""TUSS's discrimination bias for the last CLIP block (METHODS.md §1.3, DBA-CLIP).
+"""TUSS's discrimination bias for the last CLIP block (docs/methods.md §1.3, DBA-CLIP).
 
 Every SAM mask is downsampled to the patch grid (nearest); two patches that share at least one
 mask get bias 0, all other pairs -4. The CLS row and column are 0 (CLS sees every patch and every

@@ -1,6 +1,6 @@
 """Dense CLIP patch embeddings at any input size, with the field's last-block variants.
 
-METHODS.md §0.4(b) and §5.1. The trunk (patch embedding, bicubic position-embedding resize,
+docs/methods.md §0.4(b) and §5.1. The trunk (patch embedding, bicubic position-embedding resize,
 ``ln_pre``, blocks 1..L-1) is shared; only the last block changes per method. Every variant
 ends with ``ln_post`` and the visual projection applied to every token.
 """
@@ -27,7 +27,7 @@ class LastBlock:
     ffn: bool
 
 
-# METHODS.md §5.1: the last-block variants as data.
+# docs/methods.md §5.1: the last-block variants as data.
 LAST_BLOCKS: dict[str, LastBlock] = {
     "vanilla": LastBlock("qk", residual=True, ffn=True),
     "maskclip": LastBlock("identity", residual=False, ffn=False),  # ClearCLIP's re-implementation

@@ -166,7 +166,7 @@ class LPResult:
 
 
 class LabelPropagator:
-    """Zhou-style diffusion on a cosine kNN graph (METHODS.md §1.5 ii).
+    """Zhou-style diffusion on a cosine kNN graph (docs/methods.md §1.5 ii).
 
     Graph: W_ij = max(cos, 0)^γ for the k nearest neighbours j of i, W ← W + Wᵀ, no self-loops,
     Ŵ = D^−½ W D^−½. Then (I − αŴ) F_c = Y_c is solved for every class c by conjugate gradient.
@@ -239,7 +239,7 @@ class LabelPropagator:
 
 
 class LPClassifier:
-    """Scores unseen masks from their k̄ nearest training masks' seeded LP scores Y* (METHODS.md §1.5 iii).
+    """Scores unseen masks from their k̄ nearest training masks' seeded LP scores Y* (docs/methods.md §1.5 iii).
 
     ``keys``: training embeddings (normalised here); ``y_star``: (N, C); ``degree``: (N,) degrees of
     the training graph, built with ``graph_k`` neighbours (only used by the "rigorous" weighting).

@@ -1,4 +1,4 @@
-"""PAMR: pixel-adaptive mask refinement (METHODS.md §5.7), written for bounded memory.
+"""PAMR: pixel-adaptive mask refinement (docs/methods.md §5.7), written for bounded memory.
 
 Each pixel's scores become an affinity-weighted sum of its 8 neighbours at every dilation; the
 affinities come from local colour differences scaled by the local standard deviation.

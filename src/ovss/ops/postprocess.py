@@ -1,4 +1,4 @@
-"""The SCLIP-family post-processing as one function (METHODS.md §0.4f).
+"""The SCLIP-family post-processing as one function (docs/methods.md §0.4f).
 
 Raw cosine scores per query -> logit scale -> softmax over all queries -> a class's probability
 is the max over its synonyms -> optional ``area_thd`` -> argmax -> pixels under ``prob_thd``

@@ -1,4 +1,4 @@
-"""Query text embeddings: fill templates, encode, normalise, average, normalise (METHODS.md §0.4c).
+"""Query text embeddings: fill templates, encode, normalise, average, normalise (docs/methods.md §0.4c).
 
 Embeddings are cached per (model fingerprint, template set, query) in memory and, unless
 ``OVSS_CACHE_DIR`` is set to an empty string, on disk under ``~/.cache/ovss/text``; adding a

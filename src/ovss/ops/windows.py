@@ -1,4 +1,4 @@
-"""Sliding-window inference with the exact grid rule of the mmseg protocol (PROTOCOL.md §5.3)."""
+"""Sliding-window inference with the exact grid rule of the mmseg protocol (docs/reference-protocol.md §5.3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """FMbSeg (Seifi et al., arXiv 2403.09307): annotation-free segmentation with CLIP, SAM and DINOv2.
 
-A reconstruction: no official code exists, every unknown is a setting (METHODS.md §3.9, listed
+A reconstruction: no official code exists, every unknown is a setting (docs/methods.md §3.9, listed
 with its setting in docs/fmbseg.md). Stage 1 (pseudo-labels) is in ``pseudo``, stage 2 (the
 alignment module and TSupCon) in ``train``; this module is test-time inference:
 DINOv2 -> module -> cosine with CLIP text embeddings of any vocabulary -> upsample -> argmax.

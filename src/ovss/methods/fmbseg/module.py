@@ -1,5 +1,5 @@
 """FMbSeg's alignment module: frozen DINOv2 patch tokens -> one transformer block -> projection
-into the CLIP text space (METHODS.md §3.6; U21, U22). MLP and linear variants for the ablation.
+into the CLIP text space (docs/methods.md §3.6; U21, U22). MLP and linear variants for the ablation.
 
 A training run's folder is an ``ovss.checkpoints`` checkpoint folder: the module config, the
 templates and training vocabulary are in its ``extra``, the backbones and training settings in

@@ -8,7 +8,7 @@ from ...protocols import register_family
 register_family(
     "fmbseg",
     {
-        "source": "METHODS.md §3.8 and §3.9 (U32-U35, our choice); background words as PROTOCOL.md §5.4",
+        "source": "docs/methods.md §3.8 and §3.9 (U32-U35, our choice); background: docs/reference-protocol.md §5.4",
         "background": {"default": "none", "voc21": "words", "coco_object": "words", "pc60": ["background"]},
         "metric": "union",
     },

@@ -1,4 +1,4 @@
-"""FMbSeg stage 1: pseudo-labels from CLIP and SAM, with no annotation (METHODS.md §3.2-3.5).
+"""FMbSeg stage 1: pseudo-labels from CLIP and SAM, with no annotation (docs/methods.md §3.2-3.5).
 
 1.0 tagging: CLIP global embeddings of the whole image and of 1/2 and 1/3 tiles (50% overlap)
     against the vocabulary; a class is detected if its probability exceeds tau in any window.

@@ -1,4 +1,4 @@
-"""FMbSeg stage 2: train the alignment module on pseudo-labels (METHODS.md §3.6-3.7).
+"""FMbSeg stage 2: train the alignment module on pseudo-labels (docs/methods.md §3.6-3.7).
 
 Frozen DINOv2 patch features of random square crops, patch labels by majority vote with a
 purity threshold (U23), N labelled patches sampled per image (U26), TSupCon (or SupCon, l_t,

@@ -1,5 +1,5 @@
 """``ovss fit tuss``: the mask bank of a folder of images and the classifier of one supervision
-setting (METHODS.md §1.6).
+setting (docs/methods.md §1.6).
 
 1. Mask bank (``OUT/bank``): per image, SAM masks (``NAME.masks.json``, written last: it marks the
    image done) and their DBA-CLIP embeddings with pixel areas and levels (``NAME.safetensors``).

@@ -1,4 +1,4 @@
-"""TUSS GLCC: the global–local consistent classifier over SAM-mask embeddings (METHODS.md §1.5, §1.6).
+"""TUSS GLCC: the global–local consistent classifier over SAM-mask embeddings (docs/methods.md §1.5, §1.6).
 
 Every SAM mask is one embedding with a pixel area; some masks carry (soft or hard) labels.
 Two classifiers bootstrap each other:
@@ -9,7 +9,7 @@ Two classifiers bootstrap each other:
 
 :class:`GLCC` chains them (§1.5 iv) and sums the two at prediction time (§1.5 v). Everything runs
 in torch on the device of the embeddings; faiss is used for the kNN search when it is importable.
-Clean-room implementation from METHODS.md (TUSS has no licence).
+Clean-room implementation from docs/methods.md (TUSS has no licence).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ Setting = Literal["fsss", "sss", "wsss"]
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """The global part: a cosine linear probe on frozen mask embeddings (METHODS.md §1.5 i)."""
+    """The global part: a cosine linear probe on frozen mask embeddings (docs/methods.md §1.5 i)."""
 
     logit_scale: float = 100.0
     """Logits = scale · cos; 100 is CLIP's own exp(logit_scale), so text-initialised weights score as CLIP."""
@@ -109,7 +109,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class RoundConfig:
-    """One bootstrapping round (METHODS.md §1.5 iv): an LP, then optionally a probe trained on its output."""
+    """One bootstrapping round (docs/methods.md §1.5 iv): an LP, then optionally a probe trained on its output."""
 
     lp: LPConfig = field(default_factory=LPConfig)
     probe: ProbeConfig | None = None
@@ -126,7 +126,7 @@ def _voc_wsss_rounds() -> tuple[RoundConfig, ...]:
 
 @dataclass(frozen=True)
 class GLCCConfig:
-    """The whole GLCC: setting, bootstrapping chain, inductive read-out and combination (METHODS.md §1.5–1.6)."""
+    """The whole GLCC: setting, bootstrapping chain, inductive read-out and combination (docs/methods.md §1.5–1.6)."""
 
     setting: Setting = "wsss"
     """"wsss": seeds are text scores for every mask, LP and probe bootstrap each other;
@@ -176,7 +176,7 @@ def probe_lr(iteration: int, config: ProbeConfig, n_masks: int | None = None) ->
 
 
 class LinearProbe:
-    """Cosine linear probe: logits = scale · normalize(x) · normalize(W)ᵀ, no bias (METHODS.md §1.5 i)."""
+    """Cosine linear probe: logits = scale · normalize(x) · normalize(W)ᵀ, no bias (docs/methods.md §1.5 i)."""
 
     def __init__(self, config: ProbeConfig | None = None) -> None:
         self.config = config or ProbeConfig()
@@ -270,7 +270,7 @@ def _masked_softmax(logits: torch.Tensor, candidates: torch.Tensor | None) -> to
 
 
 class GLCC:
-    """Global–local consistent classifier with mutual bootstrapping (METHODS.md §1.5, §1.6).
+    """Global–local consistent classifier with mutual bootstrapping (docs/methods.md §1.5, §1.6).
 
     >>> glcc = GLCC(glcc_config("sss")).fit(train_emb, areas, seeds)     # doctest: +SKIP
     >>> scores = glcc.predict(val_emb)          # (M, C) = w_LP · inductive LP + probe softmax

@@ -1,4 +1,4 @@
-"""TUSS mask embeddings, the text classifier and painting (METHODS.md §1.2-1.4); method ``tuss``.
+"""TUSS mask embeddings, the text classifier and painting (docs/methods.md §1.2-1.4); method ``tuss``.
 
 1. SAM masks with the level-aware ``tuss`` preset.
 2. DBA-CLIP: SCLIP's correlative last block with the discrimination bias built from the masks

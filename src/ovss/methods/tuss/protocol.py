@@ -14,7 +14,7 @@ TUSS_VOC_BACKGROUND_25 = (
 )  # fmt: skip
 
 FAMILY = {
-    "source": "PROTOCOL.md §4.2 (TUSS row), §9 families.tuss; METHODS.md §1.3-1.4",
+    "source": "docs/reference-protocol.md §4.2 (TUSS row), §9 families.tuss; docs/methods.md §1.3-1.4",
     "short_side": {"cityscapes": 512},
     # Cityscapes: windows 448 and 224 at stride window/2 mixed with momentum 0.5, no global view, CLS hidden
     "window": {"cityscapes": ((448, 224), (224, 112))},
