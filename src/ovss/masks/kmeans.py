@@ -36,10 +36,7 @@ def kmeans(
         raise InputError(f"k-means init must be 'kmeans++' or 'random', got {init!r}")
     k = min(k, n)
     gen = torch.Generator().manual_seed(seed)
-    if init == "random":
-        centres = x[torch.randperm(n, generator=gen)[:k]]
-    else:
-        centres = _kmeanspp(x, k, gen)
+    centres = x[torch.randperm(n, generator=gen)[:k]] if init == "random" else _kmeanspp(x, k, gen)
     return _lloyd(x, centres, k, iters, tol)
 
 

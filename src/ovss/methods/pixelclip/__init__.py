@@ -37,8 +37,12 @@ if "pixelclip" not in FAMILIES:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="folder of unlabeled images (or a .txt list of paths)")
     parser.add_argument("--masks", help="folder of `ovss masks` JSON files, one per image")
-    parser.add_argument("--mask-source", choices=["files", "dino"], default=None,
-                        help="dino: k-means masks of DINO features computed online (--dino picks the model)")  # fmt: skip
+    parser.add_argument(
+        "--mask-source",
+        choices=["files", "dino"],
+        default=None,
+        help="dino: k-means masks of DINO features computed online (--dino picks the model)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -57,9 +61,16 @@ def run_train(args: argparse.Namespace) -> int:
     if not getattr(args, "out", None):
         raise_input("pass --out RUN (the run folder)")
     dino = (getattr(args, "dino", None) or DEFAULT_DINO) if source == "dino" else None
-    result = train_pixelclip(args.images, args.out, settings, clip=getattr(args, "clip", None) or "tiny-random",
-                             masks=args.masks if source == "files" else None, dino=dino,
-                             device=getattr(args, "device", None), progress=not args.no_progress)  # fmt: skip
+    result = train_pixelclip(
+        args.images,
+        args.out,
+        settings,
+        clip=getattr(args, "clip", None) or "tiny-random",
+        masks=args.masks if source == "files" else None,
+        dino=dino,
+        device=getattr(args, "device", None),
+        progress=not args.no_progress,
+    )
     print(f"ovss: pixelclip run in {result['checkpoint']} ({result['steps']} steps)", file=sys.stderr)
     return 0
 
@@ -88,9 +99,9 @@ SPEC = register_method(
 
 __all__ = [
     "FAMILY",
+    "SPEC",
     "PixelCLIPMethod",
     "PixelCLIPSettings",
-    "SPEC",
     "TrainSettings",
     "add_convert_parser",
     "cmd_convert",

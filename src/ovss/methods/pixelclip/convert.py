@@ -136,8 +136,11 @@ def vision_state_from_pth(path: Path, config, state: dict[str, torch.Tensor] | N
     from transformers import CLIPModel
 
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in CLIPModel(config).state_dict().items()
-                    if k.startswith(("vision_model.", "visual_projection."))}  # fmt: skip
+        expected = {
+            k: v.shape
+            for k, v in CLIPModel(config).state_dict().items()
+            if k.startswith(("vision_model.", "visual_projection."))
+        }
     missing = sorted(set(expected) - set(hf))
     if missing:
         raise ModelLoadError(
@@ -146,7 +149,7 @@ def vision_state_from_pth(path: Path, config, state: dict[str, torch.Tensor] | N
     for key, shape in expected.items():
         if hf[key].shape != shape:
             raise ModelLoadError(
-                f"{path}: {key} is {tuple(hf[key].shape)} but the base CLIP has {tuple(shape)}; pass the matching --clip"
+                f"{path}: {key} is {tuple(hf[key].shape)} but the base CLIP has {tuple(shape)}; pass the right --clip"
             )
     return {k: hf[k].float() for k in expected}
 
@@ -198,8 +201,12 @@ Convert an official PixelCLIP checkpoint into a transformers CLIP directory (saf
 
 
 def add_convert_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("convert", help="convert an official checkpoint (pixelclip) to safetensors",
-                              description=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "convert",
+        help="convert an official checkpoint (pixelclip) to safetensors",
+        description=CONVERT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("kind", choices=["pixelclip"], help="which official checkpoint format")
     p.add_argument("file", help="the official .pth file")
     p.add_argument("--out", "-o", required=True, help="output folder (a transformers CLIP directory)")
@@ -210,9 +217,11 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_convert(args: argparse.Namespace) -> int:
     out = convert_pixelclip(args.file, args.out, args.clip)
     info = json.loads((out / CONVERSION_FILE).read_text())
-    print(f"ovss: wrote {out} ({info['converted']['image_tower']} image-tower tensors; sha256 {info['sha256'][:12]})",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"ovss: wrote {out} ({info['converted']['image_tower']} image-tower tensors; sha256 {info['sha256'][:12]})",
+        file=sys.stderr,
+    )
     return 0
 
 
-__all__ = ["add_convert_parser", "cmd_convert", "convert_pixelclip", "InputError"]
+__all__ = ["InputError", "add_convert_parser", "cmd_convert", "convert_pixelclip"]

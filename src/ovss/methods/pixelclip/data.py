@@ -217,8 +217,14 @@ def dino_masks(dino, standard: torch.Tensor, settings: TrainSettings, seeds: lis
     out = []
     for feat, seed in zip(feats, seeds):
         c, gh, gw = feat.shape
-        labels, _ = kmeans(feat.reshape(c, -1).t().float().cpu(), settings.dino_clusters, settings.dino_iterations,
-                           seed=seed, tol=settings.dino_tol, init="random")  # fmt: skip
+        labels, _ = kmeans(
+            feat.reshape(c, -1).t().float().cpu(),
+            settings.dino_clusters,
+            settings.dino_iterations,
+            seed=seed,
+            tol=settings.dino_tol,
+            init="random",
+        )
         onehot = F.one_hot(labels, settings.dino_clusters).t().reshape(-1, 1, gh, gw).float()
         up = F.interpolate(onehot, size=(s, s), mode="nearest")[:, 0].bool()
         out.append(up[up.flatten(1).any(1)].to(standard.device))

@@ -35,7 +35,7 @@ def class_embeddings(text_encoder, vocab: Vocabulary, templates: tuple[str, ...]
     """``(C, D)``: per template the normalised mean of the class's synonym embeddings; then the
     normalised mean over templates (official ``class_embeddings`` + the test-time template mean)."""
     rows = []
-    for index, words in enumerate(vocab.synonyms):
+    for _index, words in enumerate(vocab.synonyms):
         if not words:
             raise InputError("the official PixelCLIP pipeline has no threshold background; use --set pipeline=dense")
         per_template = torch.stack(
@@ -105,7 +105,7 @@ class PixelCLIPMethod(DenseMatchingMethod):
         for key, value in tensors.items():
             if key not in own or own[key].shape != value.shape:
                 raise ModelLoadError(
-                    f"{source}: weight {key} {tuple(value.shape)} does not fit this CLIP; pass the base --clip it came from"
+                    f"{source}: weight {key} {tuple(value.shape)} does not fit this CLIP; pass its base --clip"
                 )
         model.load_state_dict(tensors, strict=False)
 
@@ -123,15 +123,18 @@ class PixelCLIPMethod(DenseMatchingMethod):
         """Cosine scores ``(C, F, F)`` at the feature size (64x64) for one image."""
         s = self.settings
         h, w = image.shape[:2]
-        pixels = normalize(resize_image(image, resized_shape(h, w, s.test_short_side, s.test_max_size)), self.mean,
-                           self.std)  # fmt: skip
-        squashed = F.interpolate(pixels[None], size=(s.clip_resolution, s.clip_resolution), mode="bilinear",
-                                 align_corners=False)  # fmt: skip
+        pixels = normalize(
+            resize_image(image, resized_shape(h, w, s.test_short_side, s.test_max_size)), self.mean, self.std
+        )
+        squashed = F.interpolate(
+            pixels[None], size=(s.clip_resolution, s.clip_resolution), mode="bilinear", align_corners=False
+        )
         from ...device import autocast
 
         with autocast(self.device, s.precision):
-            feats = dense_features(self.model.vision_model, self.model.visual_projection, squashed.to(self.device),
-                                   self.patch_size).float()  # fmt: skip
+            feats = dense_features(
+                self.model.vision_model, self.model.visual_projection, squashed.to(self.device), self.patch_size
+            ).float()
         feats = F.interpolate(feats, size=(s.feature_size, s.feature_size), mode="bilinear", align_corners=False)
         feats = F.normalize(feats, dim=1)
         return torch.einsum("dhw,cd->chw", feats[0], text.to(self.device).float()).cpu()
@@ -162,4 +165,4 @@ def checkpoint_backbones(checkpoint: Any) -> dict[str, str]:
     return {}
 
 
-__all__ = ["PixelCLIPMethod", "checkpoint_backbones", "class_embeddings", "CONVERSION_FILE"]
+__all__ = ["CONVERSION_FILE", "PixelCLIPMethod", "checkpoint_backbones", "class_embeddings"]

@@ -77,8 +77,15 @@ class PromptLearner(nn.Module):
     works word by word, so this equals tokenising the template with one "{}" per prompt token
     (what the official code does with OpenAI's tokenizer, where "{}" is a single token)."""
 
-    def __init__(self, clip_model, tokenizer, num_prompts: int = 64, length: int = 4, seed: int = 0,
-                 template: str = PROMPT_TEMPLATE) -> None:  # fmt: skip
+    def __init__(
+        self,
+        clip_model,
+        tokenizer,
+        num_prompts: int = 64,
+        length: int = 4,
+        seed: int = 0,
+        template: str = PROMPT_TEMPLATE,
+    ) -> None:
         super().__init__()
         prefix, suffix = template.split("{}")
         words = lambda t: tokenizer(t.strip(), add_special_tokens=False)["input_ids"] if t.strip() else []  # noqa: E731
@@ -102,8 +109,9 @@ class PromptLearner(nn.Module):
         base = table(self.input_ids.to(table.weight.device))
         k = self.prompt_tokens.shape[0]
         base = base.unsqueeze(0).expand(k, -1, -1)
-        return torch.cat([base[:, : self.slots.start], self.prompt_tokens.to(base.dtype),
-                          base[:, self.slots.stop :]], dim=1)  # fmt: skip
+        return torch.cat(
+            [base[:, : self.slots.start], self.prompt_tokens.to(base.dtype), base[:, self.slots.stop :]], dim=1
+        )
 
     def forward(self, clip_model) -> torch.Tensor:
         return encode_text_embeddings(clip_model, self.token_embeddings(clip_model), self.eos_index)
@@ -202,8 +210,9 @@ class PixelCLIPModel(nn.Module):
         for name, p in self.clip.vision_model.named_parameters():
             p.requires_grad_(is_trainable_visual(name, settings.clip_finetune))
         self.teacher_vision = copy.deepcopy(self.clip.vision_model).requires_grad_(False)
-        self.prompts = PromptLearner(clip_model, tokenizer, settings.num_prompts, settings.prompt_length,
-                                     settings.prompt_seed)  # fmt: skip
+        self.prompts = PromptLearner(
+            clip_model, tokenizer, settings.num_prompts, settings.prompt_length, settings.prompt_seed
+        )
         self.head = ConvHead(tuple(settings.head_channels))
         self.settings = settings
 

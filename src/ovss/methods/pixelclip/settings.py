@@ -62,15 +62,37 @@ class TrainSettings:
     log_every: int = 1
 
     def validate(self) -> None:
-        positive = ("short_side", "max_size", "crop", "clip_resolution", "mask_resolution", "num_prompts",
-                    "prompt_length", "dino_clusters", "dino_iterations", "batch_size", "micro_batch", "max_steps",
-                    "checkpoint_every", "state_every", "log_every")  # fmt: skip
+        positive = (
+            "short_side",
+            "max_size",
+            "crop",
+            "clip_resolution",
+            "mask_resolution",
+            "num_prompts",
+            "prompt_length",
+            "dino_clusters",
+            "dino_iterations",
+            "batch_size",
+            "micro_batch",
+            "max_steps",
+            "checkpoint_every",
+            "state_every",
+            "log_every",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"setting {name} must be a positive whole number, got {value!r}")
-        for name in ("lr", "lr_end", "weight_decay", "clip_multiplier", "prompt_multiplier", "grad_clip", "eps",
-                     "dino_tol"):  # fmt: skip
+        for name in (
+            "lr",
+            "lr_end",
+            "weight_decay",
+            "clip_multiplier",
+            "prompt_multiplier",
+            "grad_clip",
+            "eps",
+            "dino_tol",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise InputError(f"setting {name} must be a number >= 0, got {value!r}")

@@ -75,8 +75,14 @@ def param_groups(model: PixelCLIPModel, settings: TrainSettings) -> list[dict[st
         for decay in (True, False):
             chosen = [p for p in params if (id(p) not in norm_params) == decay]
             if chosen:
-                groups.append({"params": chosen, "lr": settings.lr * multipliers[name], "name": name,
-                               "weight_decay": settings.weight_decay if decay else 0.0})  # fmt: skip
+                groups.append(
+                    {
+                        "params": chosen,
+                        "lr": settings.lr * multipliers[name],
+                        "name": name,
+                        "weight_decay": settings.weight_decay if decay else 0.0,
+                    }
+                )
     return groups
 
 
@@ -106,8 +112,16 @@ def _autocast(device: torch.device, precision: str):
 
 
 class Trainer:
-    def __init__(self, model: PixelCLIPModel, dataset: UnlabeledMaskDataset, settings: TrainSettings,
-                 device: torch.device, mean, std, dino=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: PixelCLIPModel,
+        dataset: UnlabeledMaskDataset,
+        settings: TrainSettings,
+        device: torch.device,
+        mean,
+        std,
+        dino=None,
+    ) -> None:
         self.model, self.data, self.s, self.device = model.to(device), dataset, settings, device
         self.mean, self.std, self.dino = mean, std, dino
         self.optimizer, self.scheduler = build_optimizer(model, settings)
@@ -120,8 +134,11 @@ class Trainer:
             )
         self.per_rank = per_rank
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.ema_pairs = [(t, s) for t, s in zip(model.teacher_vision.parameters(), model.clip.vision_model.parameters())
-                          if s.requires_grad]  # fmt: skip
+        self.ema_pairs = [
+            (t, s)
+            for t, s in zip(model.teacher_vision.parameters(), model.clip.vision_model.parameters())
+            if s.requires_grad
+        ]
 
     # -- one step
     def load_share(self, step: int):
@@ -225,12 +242,13 @@ class Trainer:
                     head[name] = value
         model.head.load_state_dict(head)
 
-    def save_state(self, run: Path, step: int, signature: str) -> None:
+    def save_state(self, run: Path, step: int, signature: str, optimised: int) -> None:
         if self.rank != 0:
             return
         np_state = np.random.get_state()
         state = {
             "step": step,
+            "optimised": optimised,
             "signature": signature,
             "tensors": self.state_tensors(),
             "optimizer": self.optimizer.state_dict(),
@@ -239,16 +257,16 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
                 "python": list(random.getstate()),
-            },  # fmt: skip
+            },
             "data": {"position": step * self.s.batch_size, "epoch": (step * self.s.batch_size) // len(self.data)},
         }
         with atomic_path(run / STATE / STATE_FILE) as tmp:
             torch.save(state, tmp)
 
-    def load_state(self, run: Path, signature: str) -> int:
+    def load_state(self, run: Path, signature: str) -> tuple[int, int]:
         path = run / STATE / STATE_FILE
         if not path.is_file():
-            return 0
+            return 0, 0
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -266,7 +284,7 @@ class Trainer:
         np.random.set_state((numpy_state[0], numpy_state[1].numpy(), *numpy_state[2:]))
         python_state = rng["python"]
         random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-        return int(state["step"])
+        return int(state["step"]), int(state.get("optimised", 0))
 
 
 def checkpoint_tensors(model: PixelCLIPModel) -> dict[str, torch.Tensor]:
@@ -342,22 +360,41 @@ def train_pixelclip(
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     data_id = [str(p) for p in paths] + ([str(m) for m in mask_files] if mask_files else [])
-    signature = json.dumps({"settings": asdict(settings), "clip": clip_name, "world": world_size,
-                            "dino": getattr(dino_backbone, "name", None), "data": data_id}, sort_keys=True)  # fmt: skip
-    start = trainer.load_state(run, signature)
+    signature = json.dumps(
+        {
+            "settings": asdict(settings),
+            "clip": clip_name,
+            "world": world_size,
+            "dino": getattr(dino_backbone, "name", None),
+            "data": data_id,
+        },
+        sort_keys=True,
+    )
+    start, optimised = trainer.load_state(run, signature)
     log = run / LOSS_LOG
     if rank == 0:
         _truncate_log(log, start)
     backbones = {"clip": clip_name, **({"dino": dino_backbone.name} if dino_backbone is not None else {})}
-    extra = {"base_clip_fingerprint": backbone.fingerprint, "images": len(paths), "world_size": world_size,
-             "mask_source": "dino" if dino is not None else "files", "ovss_version": __version__}  # fmt: skip
+    extra = {
+        "base_clip_fingerprint": backbone.fingerprint,
+        "images": len(paths),
+        "world_size": world_size,
+        "mask_source": "dino" if dino is not None else "files",
+        "ovss_version": __version__,
+    }
     if start >= settings.max_steps and (run / CONFIG).is_file():
         if rank == 0:
             print(f"ovss: {run} already finished ({start} steps)", file=sys.stderr)
         return {"checkpoint": str(run), "steps": start}
-    bar = tqdm(range(start, settings.max_steps), initial=start, total=settings.max_steps, desc="pixelclip",
-               unit="step", file=sys.stderr, disable=not progress or rank != 0)  # fmt: skip
-    optimised = _count_optimised(log) if rank == 0 else 0
+    bar = tqdm(
+        range(start, settings.max_steps),
+        initial=start,
+        total=settings.max_steps,
+        desc="pixelclip",
+        unit="step",
+        file=sys.stderr,
+        disable=not progress or rank != 0,
+    )
     for step in bar:
         stats = trainer.step(step)
         done = step + 1
@@ -368,30 +405,32 @@ def train_pixelclip(
                 with log.open("a") as fh:
                     fh.write(json.dumps({"step": done, **stats}) + "\n")
         if done % settings.state_every == 0 or done == settings.max_steps:
-            trainer.save_state(run, done, signature)
+            trainer.save_state(run, done, signature, optimised)
         if rank == 0 and done % settings.checkpoint_every == 0 and done < settings.max_steps and optimised:
-            save_checkpoint(run / "checkpoints" / f"step_{done:06d}", METHOD, checkpoint_tensors(model),
-                            asdict(settings), backbones, {**extra, "step": done})  # fmt: skip
-    if world_size > 1:
-        counts = torch.tensor([float(optimised)])
-        dist.broadcast(counts, 0)
-        optimised = int(counts.item())
+            save_checkpoint(
+                run / "checkpoints" / f"step_{done:06d}",
+                METHOD,
+                checkpoint_tensors(model),
+                asdict(settings),
+                backbones,
+                {**extra, "step": done},
+            )
     if optimised == 0:
         raise InputError("training made no optimisation step: no image had a usable mask; check the masks or crop")
     if rank == 0:
-        final = save_checkpoint(run / "checkpoints" / ".final", METHOD, checkpoint_tensors(model), asdict(settings),
-                                backbones, {**extra, "step": settings.max_steps})  # fmt: skip
+        final = save_checkpoint(
+            run / "checkpoints" / ".final",
+            METHOD,
+            checkpoint_tensors(model),
+            asdict(settings),
+            backbones,
+            {**extra, "step": settings.max_steps},
+        )
         _publish(final, run)
         write_json(run / "train_info.json", {"steps": settings.max_steps, "settings": asdict(settings)})
     if world_size > 1:
         dist.barrier()
     return {"checkpoint": str(run), "steps": settings.max_steps}
-
-
-def _count_optimised(log: Path) -> int:
-    if not log.is_file():
-        return 0
-    return sum(1 for line in log.read_text().splitlines() if line.strip())
 
 
 def settings_dict(settings: TrainSettings) -> dict[str, Any]:
