@@ -25,8 +25,17 @@ def clip():
 
 
 def small_settings(**kw):
-    base = dict(short_side=64, crop=64, clip_resolution=64, mask_resolution=32, num_prompts=8, batch_size=4,
-                micro_batch=2, max_steps=3, state_every=1)
+    base = dict(
+        short_side=64,
+        crop=64,
+        clip_resolution=64,
+        mask_resolution=32,
+        num_prompts=8,
+        batch_size=4,
+        micro_batch=2,
+        max_steps=3,
+        state_every=1,
+    )
     base.update(kw)
     return pc.train_settings(base)
 
@@ -175,7 +184,12 @@ def test_trainable_parts_and_lr_groups(clip):
 def test_settings_validation():
     defaults = pc.TrainSettings()
     assert (defaults.batch_size, defaults.max_steps, defaults.lr, defaults.eps, defaults.momentum) == (
-        48, 10000, 2e-4, 100.0, 0.999)
+        48,
+        10000,
+        2e-4,
+        100.0,
+        0.999,
+    )
     with pytest.raises(InputError, match="max_steps"):
         pc.train_settings({"max_steps": 0})
     with pytest.raises(InputError, match="no setting 'bogus'"):
