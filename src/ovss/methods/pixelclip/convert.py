@@ -78,7 +78,12 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         blocked = re.search(r"GLOBAL ([\w.]+)", str(e))
-        why = f"it needs the Python object {blocked.group(1)}, refused for safety" if blocked else first
+        if blocked:
+            why = f"it needs the Python object {blocked.group(1)}, refused for safety"
+        elif "Weights only load failed" in str(e):
+            why = "it holds pickled Python objects, which safe (weights-only) loading refuses"
+        else:
+            why = first
         raise ModelLoadError(
             f"{path}: not a loadable PyTorch checkpoint ({why}); pass pixelclip_vit_base*.pth"
         ) from None
