@@ -56,6 +56,7 @@ def test_dino_masks_run_in_training(tmp_path):
     assert result["steps"] == 1 and (tmp_path / "run" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_real_dino_kmeans_masks_follow_objects(evaldata):
     """Real DINOv2 ViT-S/14 k-means (16 clusters, Euclidean, random init) against a random DINOv2."""
     if not (REAL_DINO / "model.safetensors").is_file():
@@ -70,7 +71,7 @@ def test_real_dino_kmeans_masks_follow_objects(evaldata):
     stems = ["0", "1", "114", "120"]
     scores = {}
     for name, dino in (("real", real), ("random", random)):
-        gen = KMeansMaskGenerator(dino, k=16, short_side=224, metric="euclidean", init="random")
+        gen = KMeansMaskGenerator(dino, k=16, short_side=448, metric="euclidean", init="random")
         values = []
         for stem in stems:
             image = np.asarray(Image.open(root / "samples" / f"{stem}_image.png").convert("RGB"))
