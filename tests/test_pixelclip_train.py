@@ -257,3 +257,28 @@ def test_bad_inputs_are_one_line_errors(world, tmp_path, clip):
     # the command: no mask source
     with pytest.raises(InputError, match="--masks DIR"):
         run_train("--images", str(images), "--out", str(tmp_path / "r5"))
+
+
+def test_bf16_autocast_step(world, tmp_path, clip):
+    images, masks = world
+    pc.train_pixelclip(
+        images,
+        tmp_path / "run",
+        pc.train_settings({**SMALL, "max_steps": 1, "precision": "bf16"}),
+        clip=clip,
+        masks=masks,
+        progress=False,
+    )
+    loss = json.loads((tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()[0])["loss"]
+    assert np.isfinite(loss) and loss > 0
+
+
+def test_synthetic_world_training_improves_cluster_purity():
+    """The small version of bench/pixelclip_synthetic.py: trained prompts beat random ones on held-out scenes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import pixelclip_synthetic as bench
+
+    small = dict(train_images=8, test_images=6, batch_size=4, micro_batch=4, clip_resolution=64, num_prompts=8)
+    result = bench.run(15, **small)
+    assert result["loss_last"] < result["loss_first"]
+    assert result["purity_after"] > result["purity_before"] + 0.05, result
