@@ -278,7 +278,30 @@ def test_synthetic_world_training_improves_cluster_purity():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import pixelclip_synthetic as bench
 
-    small = dict(train_images=8, test_images=6, batch_size=4, micro_batch=4, clip_resolution=64, num_prompts=8)
-    result = bench.run(15, **small)
+    small = dict(train_images=8, test_images=6, batch_size=4, micro_batch=4, clip_resolution=96, num_prompts=8)
+    result = bench.run(30, **small)
+    print(result)
     assert result["loss_last"] < result["loss_first"]
     assert result["purity_after"] > result["purity_before"] + 0.05, result
+
+
+def test_views_are_deterministic_and_cutout_leaves_the_masks(world):
+    images, masks = world
+    settings = pc.train_settings(SMALL)
+    paths = list_images(images)
+    data = UnlabeledMaskDataset(paths, pair_masks(images, paths, masks), settings)
+    a, b = data[1], data[1]
+    assert torch.equal(a.standard, b.standard) and torch.equal(a.strong, b.strong) and torch.equal(a.masks, b.masks)
+    data.epoch = 1
+    assert not torch.equal(data[1].strong, a.strong)
+    assert a.standard.shape == (3, 64, 64) and a.masks.shape[1:] == (64, 64)
+    black = (a.strong == 0).all(0)
+    assert black.any() and not a.masks[:, black].any()  # the cutout box is black and in no mask
+    areas = a.masks.flatten(1).sum(1)
+    assert torch.equal(areas, areas.sort(descending=True).values) and (areas > 0).all()
+    plain = UnlabeledMaskDataset(
+        paths,
+        pair_masks(images, paths, masks),
+        pc.train_settings({**SMALL, "strong_aug": False, "color_aug_ssd": False}),
+    )[1]
+    assert torch.equal(plain.standard, plain.strong)

@@ -113,8 +113,8 @@ def strong_view(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
     x = img[None] / 255.0
     if _chance(gen, 0.8):
-        x = ke.adjust_brightness(x, _uniform(gen, -0.5, 0.5))
-        x = ke.adjust_contrast(x, _uniform(gen, 0.5, 1.5))
+        x = (x * _uniform(gen, 0.5, 1.5)).clamp(0, 1)  # torchvision brightness: a factor
+        x = ke.adjust_contrast_with_mean_subtraction(x, _uniform(gen, 0.5, 1.5))  # blend with the mean
         x = ke.adjust_saturation(x, _uniform(gen, 0.5, 1.5))
         x = ke.adjust_hue(x, _uniform(gen, -0.25, 0.25) * 2 * math.pi)
     if _chance(gen, 0.2):
