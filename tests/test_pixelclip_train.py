@@ -306,3 +306,20 @@ def test_views_are_deterministic_and_cutout_leaves_the_masks(world):
         pc.train_settings({**SMALL, "strong_aug": False, "color_aug_ssd": False}),
     )[1]
     assert torch.equal(plain.standard, plain.strong)
+
+
+def test_tar_shards_read_like_the_folder(world, tmp_path):
+    import tarfile
+
+    images, masks = world
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for path in sorted(images.iterdir()):
+            tar.add(path, arcname=path.name)
+    settings = pc.train_settings(SMALL)
+    folder_paths, shard_paths = list_images(images), list_images(shard)
+    assert len(shard_paths) == len(folder_paths)
+    from_folder = UnlabeledMaskDataset(folder_paths, pair_masks(images, folder_paths, masks), settings)
+    from_shard = UnlabeledMaskDataset(shard_paths, pair_masks(shard, shard_paths, masks), settings)
+    assert torch.equal(from_folder[2].strong, from_shard[2].strong)
+    assert torch.equal(from_folder[2].masks, from_shard[2].masks)

@@ -25,6 +25,46 @@ from ...masks.maskset import MaskSet
 from .settings import TrainSettings
 
 
+@dataclass(frozen=True)
+class ShardMember:
+    """One image inside a tar shard (webdataset layout: ``KEY.jpg`` beside ``KEY.json`` etc.)."""
+
+    shard: Path
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}:{self.name}"
+
+    @property
+    def stem(self) -> Path:
+        return Path(self.name).with_suffix("")
+
+    def read(self) -> np.ndarray:
+        import io
+        import tarfile
+
+        from PIL import Image
+
+        with tarfile.open(self.shard) as tar:
+            member = tar.extractfile(self.name)
+            if member is None:
+                raise InputError(f"{self}: not a file in the shard")
+            return load_image(Image.open(io.BytesIO(member.read())))
+
+
+def shard_members(shard: Path) -> list[ShardMember]:
+    import tarfile
+
+    from ...io import IMAGE_SUFFIXES
+
+    try:
+        with tarfile.open(shard) as tar:
+            names = sorted(m.name for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES))
+    except (OSError, tarfile.TarError) as e:
+        raise InputError(f"{shard}: unreadable tar shard ({e})") from None
+    return [ShardMember(shard, n) for n in names]
+
+
 @dataclass
 class Sample:
     standard: torch.Tensor  # (3, S, S) float 0-255: the teacher's view
@@ -32,11 +72,18 @@ class Sample:
     masks: torch.Tensor  # (N, S, S) bool, largest first (empty for the DINO source)
 
 
-def list_images(images: str | os.PathLike | list) -> list[Path]:
-    """A folder, a text file listing image paths (one a line), or a list of paths."""
+def list_images(images: str | os.PathLike | list) -> list:
+    """A folder, a text file listing image paths (one a line), a list of paths, or webdataset-style
+    ``.tar`` shards (one, or a list of them): images are read from the shard by member name."""
     if isinstance(images, (list, tuple)):
+        if images and all(str(i).endswith(".tar") for i in images):
+            return [m for shard in images for m in shard_members(Path(shard))]
         return find_images(list(images))
     path = Path(images)
+    if path.suffix == ".tar":
+        if not path.is_file():
+            raise InputError(f"{path}: shard not found")
+        return shard_members(path)
     if path.is_file() and path.suffix.lower() == ".txt":
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         return find_images([Path(line) if Path(line).is_absolute() else path.parent / line for line in lines])
@@ -54,7 +101,7 @@ def pair_masks(images: str | os.PathLike | list, paths: list[Path], masks: str |
     if not masks.is_dir():
         raise InputError(f"{masks}: mask folder not found; run `ovss masks IMAGES --out {masks}` first")
     inputs = list(images) if isinstance(images, (list, tuple)) else [images]
-    stems = output_stems(paths, inputs)
+    stems = [m.stem for m in paths] if paths and isinstance(paths[0], ShardMember) else output_stems(paths, inputs)
     files = [masks / (str(stem) + ".json") for stem in stems]
     for image, file in zip(paths, files):
         if not file.is_file():
@@ -146,7 +193,8 @@ class UnlabeledMaskDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image = load_image(self.paths[index])
+        entry = self.paths[index]
+        image = entry.read() if isinstance(entry, ShardMember) else load_image(entry)
         if self.mask_files is None:
             return image, np.zeros((0, *image.shape[:2]), dtype=bool)
         masks = MaskSet.from_json(self.mask_files[index])
