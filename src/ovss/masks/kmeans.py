@@ -24,15 +24,24 @@ from .maskset import MaskSet
 
 
 def kmeans(
-    x: torch.Tensor, k: int, iters: int = 100, seed: int = 0, tol: float = 1e-6
+    x: torch.Tensor, k: int, iters: int = 100, seed: int = 0, tol: float = 1e-6, init: str = "kmeans++"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on ``(n, d)`` rows with k-means++ seeding; returns (labels, centres).
+    """Lloyd's k-means on ``(n, d)`` rows; returns (labels, centres). ``init``: "kmeans++" seeding, or
+    "random" (k distinct rows, as fast_pytorch_kmeans does for PixelCLIP's DINO masks).
     An empty cluster is re-seeded with the point farthest from its centre."""
     n = x.shape[0]
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
+    if init not in ("kmeans++", "random"):
+        raise InputError(f"k-means init must be 'kmeans++' or 'random', got {init!r}")
     k = min(k, n)
     gen = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(n, generator=gen)[:k]] if init == "random" else _kmeanspp(x, k, gen)
+    return _lloyd(x, centres, k, iters, tol)
+
+
+def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
     centres = x[torch.randint(n, (1,), generator=gen)]
     d2 = torch.cdist(x, centres).squeeze(1) ** 2
     for _ in range(1, k):
@@ -41,6 +50,11 @@ def kmeans(
         idx = torch.multinomial(d2 / total, 1, generator=gen) if total > 0 else torch.randint(n, (1,), generator=gen)
         centres = torch.cat([centres, x[idx]])
         d2 = torch.minimum(d2, ((x - x[idx]) ** 2).sum(1))
+    return centres
+
+
+def _lloyd(x: torch.Tensor, centres: torch.Tensor, k: int, iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[0]
     labels = torch.zeros(n, dtype=torch.long)
     for _ in range(iters):
         dist = torch.cdist(x, centres)
@@ -74,6 +88,8 @@ class KMeansMaskGenerator:
         seed: int = 0,
         device: torch.device | str | None = None,
         output_mode: str = "binary_mask",
+        metric: str = "cosine",
+        init: str = "kmeans++",
     ) -> None:
         if isinstance(dino, str):
             from ..device import resolve_device
@@ -87,9 +103,13 @@ class KMeansMaskGenerator:
             raise InputError(f"unknown output_mode {output_mode!r}")
         self.dino, self.k, self.short_side, self.iters, self.seed = dino, k, short_side, iters, seed
         self.output_mode = output_mode
+        if metric not in ("cosine", "euclidean"):
+            raise InputError(f"k-means metric must be 'cosine' or 'euclidean', got {metric!r}")
+        self.metric, self.init = metric, init
 
     def info(self) -> dict[str, Any]:
-        settings = {"k": self.k, "short_side": self.short_side, "iters": self.iters, "seed": self.seed}
+        settings = {"k": self.k, "short_side": self.short_side, "iters": self.iters, "seed": self.seed,
+                    "metric": self.metric, "init": self.init}  # fmt: skip
         return {"generator": self.name, "model": self.dino.name, "settings": settings}
 
     def cluster_map(self, image: np.ndarray) -> np.ndarray:
@@ -105,8 +125,10 @@ class KMeansMaskGenerator:
         x = (x - mean) / std
         feats = self.dino.patch_features(x)[0]  # (D, gh, gw)
         d, gh, gw = feats.shape
-        flat = F.normalize(feats.reshape(d, -1).T.cpu(), dim=1)
-        labels, _ = kmeans(flat, self.k, self.iters, self.seed)
+        flat = feats.reshape(d, -1).T.cpu()
+        if self.metric == "cosine":  # Euclidean k-means on unit vectors
+            flat = F.normalize(flat, dim=1)
+        labels, _ = kmeans(flat, self.k, self.iters, self.seed, init=self.init)
         grid = labels.reshape(1, 1, gh, gw).float()
         return F.interpolate(grid, (h, w), mode="nearest")[0, 0].long().numpy()
 

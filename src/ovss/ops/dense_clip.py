@@ -8,6 +8,7 @@ ends with ``ln_post`` and the visual projection applied to every token.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -131,7 +132,34 @@ def last_block(
     return x
 
 
-def trunk_tokens(vision: nn.Module, pixels: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def resize_position_embedding_to_size(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """PixelCLIP's rule (cvlab-kaist/PixelCLIP ``resized_pos_embed``): bicubic to an exact output
+    size, align_corners False, applied whenever the grid differs from the native one."""
+    n = pos.shape[0] - 1
+    side = round(math.sqrt(n))
+    if tuple(grid) == (side, side):
+        return pos
+    table = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    table = F.interpolate(table.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+    table = table.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([pos[:1], table], dim=0)
+
+
+def pixelclip_last_block(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """PixelCLIP's dense last block: each token's value goes through the out-projection, the CLS
+    token's *block input* is added to every token as the residual, then the MLP with its residual.
+    The value path is per head and linear, so it equals ``out_proj(v_proj(ln_1(x)))`` on all heads."""
+    attn = layer.self_attn
+    x = attn.out_proj(attn.v_proj(layer.layer_norm1(x))) + x[:, :1]
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
+def trunk_tokens(
+    vision: nn.Module,
+    pixels: torch.Tensor,
+    patch_size: int,
+    position_resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] = resize_position_embedding,
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Tokens entering the last block: patch embed, position table, ``ln_pre``, blocks 1..L-1."""
     emb = vision.embeddings
     x = emb.patch_embedding(pixels.to(emb.patch_embedding.weight.dtype))
@@ -141,7 +169,7 @@ def trunk_tokens(vision: nn.Module, pixels: torch.Tensor, patch_size: int) -> tu
     x = x.flatten(2).transpose(1, 2)
     cls = emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1)
-    x = x + resize_position_embedding(emb.position_embedding.weight, grid).to(x.dtype)
+    x = x + position_resize(emb.position_embedding.weight, grid).to(x.dtype)
     x = vision.pre_layrnorm(x)
     for layer in vision.encoder.layers[:-1]:
         x = _block(x, layer)
