@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import warnings
 
@@ -87,12 +86,11 @@ def tuned():
 def test_convert_gives_the_same_dense_output(tmp_path, base, tuned):
     file = tmp_path / "pixelclip_vit_base.pth"
     torch.save(fake_official(tuned), file)
-    parser = argparse.ArgumentParser()
-    pc.add_convert_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["convert", "pixelclip", str(file), "--clip", "tiny-random", "--out", str(tmp_path / "o")])
+    from ovss.cli import main
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert pc.cmd_convert(args) == 0
+        warnings.simplefilter("ignore")  # the real command line: `ovss convert pixelclip FILE --out DIR`
+        assert main(["convert", "pixelclip", str(file), "--clip", "tiny-random", "--out", str(tmp_path / "o")]) == 0
         converted = load_clip(str(tmp_path / "o"))
     info = __import__("json").loads((tmp_path / "o" / CONVERSION_FILE).read_text())
     import hashlib

@@ -98,6 +98,21 @@ def save_checkpoint(
     return out
 
 
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``out`` (for artefacts written whole, e.g. a converted
+    model): ``out`` is renamed aside first, so a crash leaves either the old or the new folder."""
+    import shutil
+
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def default_card(method: str, backbones: Mapping[str, str], settings: Mapping[str, Any]) -> str:
     models = "\n".join(f"- {k}: `{v}`" for k, v in backbones.items()) or "- none"
     return (

@@ -42,6 +42,7 @@ METHOD_COMMANDS = {
     "train": "train a method from unlabeled data or pseudo-labels",
     "fit": "fit a method's classifier on a folder of images",
     "pseudo-label": "make training labels without annotation",
+    "convert": "convert a method's official checkpoint to an ovss/transformers folder",
 }
 
 DESCRIPTION = """\

@@ -14,8 +14,8 @@ import sys
 
 from ...protocols import FAMILIES, register_family
 from ..base import Command, MethodSpec, register_method
-from .convert import add_convert_parser, cmd_convert, convert_pixelclip
-from .method import PixelCLIPMethod, checkpoint_backbones
+from .convert import CONVERT_HELP, add_convert_arguments, cmd_convert, convert_pixelclip
+from .method import PixelCLIPMethod, read_checkpoint
 from .settings import PixelCLIPSettings, TrainSettings, train_settings
 from .train import train_pixelclip
 
@@ -50,6 +50,8 @@ DEFAULT_DINO = "facebook/dino-vits16"  # the official DINO-mask model (DINO ViT-
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ...models.registry import default_model
+
     settings = train_settings(dict(getattr(args, "set", None) or []))
     source = args.mask_source or ("files" if args.masks else None)
     if source is None:
@@ -65,7 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.images,
         args.out,
         settings,
-        clip=getattr(args, "clip", None) or "tiny-random",
+        clip=getattr(args, "clip", None) or default_model("clip"),
         masks=args.masks if source == "files" else None,
         dino=dino,
         device=getattr(args, "device", None),
@@ -90,10 +92,13 @@ SPEC = register_method(
         ("clip",),
         "Shin et al., NeurIPS 2024, arXiv 2409.19846; github.com/cvlab-kaist/PixelCLIP",
         family="pixelclip",
-        tier="trained",
+        tier="B",
         checkpoint="required",
-        commands={"train": Command("train PixelCLIP on unlabeled images and masks", add_train_arguments, run_train)},
-        checkpoint_backbones=checkpoint_backbones,
+        commands={
+            "train": Command("train PixelCLIP on unlabeled images and masks", add_train_arguments, run_train),
+            "convert": Command(CONVERT_HELP, add_convert_arguments, cmd_convert),
+        },
+        read_checkpoint=read_checkpoint,
     )
 )
 
@@ -103,7 +108,7 @@ __all__ = [
     "PixelCLIPMethod",
     "PixelCLIPSettings",
     "TrainSettings",
-    "add_convert_parser",
+    "add_convert_arguments",
     "cmd_convert",
     "convert_pixelclip",
     "train_pixelclip",

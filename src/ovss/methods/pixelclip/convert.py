@@ -167,7 +167,7 @@ def convert_pixelclip(
     file: str | os.PathLike, out: str | os.PathLike, clip: Any = "openai/clip-vit-base-patch16"
 ) -> Path:
     """Write ``out`` (swapped in whole): a transformers CLIP directory plus ``pixelclip_conversion.json``."""
-    from ...checkpoints import _swap_in
+    from ...checkpoints import replace_folder
     from ...models.clip import load_clip
 
     file, out = Path(file), Path(out)
@@ -190,7 +190,7 @@ def convert_pixelclip(
         }
         (tmp / CONVERSION_FILE).write_text(json.dumps(info, indent=2) + "\n")
         os.chmod(tmp, 0o755)
-        _swap_in(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -205,22 +205,16 @@ Convert an official PixelCLIP checkpoint into a transformers CLIP directory (saf
 """
 
 
-def add_convert_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "convert",
-        help="convert an official checkpoint (pixelclip) to safetensors",
-        description=CONVERT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("kind", choices=["pixelclip"], help="which official checkpoint format")
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    """``ovss convert pixelclip FILE --out DIR [--clip BASE]`` (the shared parser has --out and --clip)."""
+    p.description = CONVERT_HELP
     p.add_argument("file", help="the official .pth file")
-    p.add_argument("--out", "-o", required=True, help="output folder (a transformers CLIP directory)")
-    p.add_argument("--clip", default="openai/clip-vit-base-patch16", help="base CLIP for the text tower and config")
-    return p
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    out = convert_pixelclip(args.file, args.out, args.clip)
+    from ...models.registry import default_model
+
+    out = convert_pixelclip(args.file, args.out, args.clip or default_model("clip"))
     info = json.loads((out / CONVERSION_FILE).read_text())
     print(
         f"ovss: wrote {out} ({info['converted']['image_tower']} image-tower tensors; sha256 {info['sha256'][:12]})",
@@ -229,4 +223,4 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["InputError", "add_convert_parser", "cmd_convert", "convert_pixelclip"]
+__all__ = ["InputError", "add_convert_arguments", "cmd_convert", "convert_pixelclip"]

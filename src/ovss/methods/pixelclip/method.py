@@ -62,7 +62,8 @@ def _resolve(checkpoint: Any) -> tuple[str, Any]:
     if checkpoint is None:
         raise InputError("pixelclip needs a checkpoint: a training run folder, a converted official folder or a .pth")
     if isinstance(checkpoint, Checkpoint):
-        return "run", checkpoint
+        kind = checkpoint.extra.get(SOURCE_KIND)
+        return (kind, checkpoint.path) if kind in ("converted", "pth") else ("run", checkpoint)
     path = Path(os.fspath(checkpoint))
     if path.is_file() and path.suffix in (".pth", ".pt", ".pkl"):
         return "pth", path
@@ -155,14 +156,17 @@ class PixelCLIPMethod(DenseMatchingMethod):
         return MethodOutput(labels.numpy(), None if probs is None else probs.numpy())
 
 
-def checkpoint_backbones(checkpoint: Any) -> dict[str, str]:
-    """The CLIP a checkpoint needs: the run's base, or the converted folder itself."""
+SOURCE_KIND = "pixelclip_source"  # marks a Checkpoint made from a converted folder or an official .pth
+
+
+def read_checkpoint(checkpoint: str) -> Checkpoint:
+    """A training run folder (or a file in it, or a hub id), a converted official folder (its CLIP is
+    the folder itself), or an official ``.pth`` (read safely when the method is built)."""
     kind, source = _resolve(checkpoint)
-    if kind == "converted":
-        return {"clip": str(source)}
     if kind == "run":
-        return {"clip": source.backbones.get("clip", "tiny-random")}
-    return {}
+        return source
+    backbones = {"clip": str(source)} if kind == "converted" else {}
+    return Checkpoint(Path(source), METHOD, {}, backbones, {SOURCE_KIND: kind})
 
 
-__all__ = ["CONVERSION_FILE", "PixelCLIPMethod", "checkpoint_backbones", "class_embeddings"]
+__all__ = ["CONVERSION_FILE", "PixelCLIPMethod", "class_embeddings", "read_checkpoint"]

@@ -352,7 +352,7 @@ def train_pixelclip(
     clip_model, tokenizer, clip_name, backbone = load_training_clip(clip)
     dino_backbone = None
     if dino is not None:
-        from ...api import load_backbone
+        from ...models.registry import load_backbone
 
         dino_backbone = load_backbone("dino", dino, dev)
     model = PixelCLIPModel(clip_model, tokenizer, settings)
