@@ -50,15 +50,16 @@ def fuse_prompt_maps(
     scores, presence = detection_scores(out)
     count = scores.shape[0]
     fused = torch.zeros(count, *size, device=scores.device)
-    for p in range(count):
-        if use_instances:
-            kept = (scores[p] > confidence_threshold).nonzero().flatten()
-            for start in range(0, len(kept), mask_batch):
-                idx = kept[start : start + mask_batch]
-                weighted = mask_probabilities(out.pred_masks[p, idx], size) * scores[p, idx].view(-1, 1, 1)
+    if use_instances:
+        kept = scores > confidence_threshold
+        for p in kept.any(1).nonzero().flatten().tolist():
+            idx = kept[p].nonzero().flatten()
+            for start in range(0, len(idx), mask_batch):
+                chunk = idx[start : start + mask_batch]
+                weighted = mask_probabilities(out.pred_masks[p, chunk], size) * scores[p, chunk].view(-1, 1, 1)
                 fused[p] = torch.maximum(fused[p], weighted.amax(0))
-        if use_semantic:
-            fused[p] = torch.maximum(fused[p], mask_probabilities(out.semantic_seg[p], size)[0])
-        if use_presence:
-            fused[p] *= presence[p]
+    if use_semantic:
+        fused = torch.maximum(fused, mask_probabilities(out.semantic_seg[:, 0], size))
+    if use_presence:
+        fused *= presence.view(-1, 1, 1)
     return fused

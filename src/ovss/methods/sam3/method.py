@@ -153,7 +153,9 @@ class Sam3Method(Method):
                 count[y1:y2, x1:x2] += 1
             total /= count
             # A class's map is the max over its synonyms (fused values are >= 0, so zeros are neutral).
-            probs = torch.zeros(vocab.num_classes, height, width).index_reduce_(0, owner, total, "amax")
+            probs = torch.zeros(vocab.num_classes, height, width)
+            for query, owner_class in enumerate(vocab.query_class):
+                torch.maximum(probs[owner_class], total[query], out=probs[owner_class])
             best, labels = probs.max(0)
         bar.close()
         if vocab.has_background:
