@@ -123,21 +123,22 @@ class Sam3Backbone:
 
 
 def tiny_sam3_config():
-    """Every dimension of SAM 3 shrunk: a 224-pixel ViT of width 32, 16 DETR queries, 1-layer heads."""
+    """Every dimension of SAM 3 shrunk: a 112-pixel ViT of width 32, 16 DETR queries, 1-layer heads."""
     from transformers import Sam3Config
 
-    grid = 224 // 14
+    size, patch = 112, 14
+    grid = size // patch
     vit = dict(
         model_type="sam3_vit_model",
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        image_size=224,
-        patch_size=14,
-        window_size=8,
+        image_size=size,
+        patch_size=patch,
+        window_size=grid // 2,
         global_attn_indexes=[1],
-        pretrain_image_size=224,
+        pretrain_image_size=size,
     )
     text = dict(
         model_type="clip_text_model",
