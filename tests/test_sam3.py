@@ -313,6 +313,16 @@ def test_mask_generator_equals_direct_thresholding(sam3):
         "sam3", sam3=sam3, prompts=prompts, confidence_threshold=thd, max_masks=2, output_mode="coco_rle"
     ).generate(image)
     assert len(capped) == 2 and isinstance(capped[0]["segmentation"]["counts"], str)
+    suppressed = get_mask_generator("sam3", sam3=sam3, prompts=prompts, confidence_threshold=thd, nms_thresh=0.3)
+    kept = suppressed.generate(image)
+    assert 0 < len(kept) <= len(masks)
+    boxes = [(b[0], b[1], b[0] + b[2], b[1] + b[3]) for b in (r["bbox"] for r in kept)]
+    for i in range(len(boxes)):
+        for j in range(i):
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[i], boxes[j]
+            inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
+            union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+            assert inter <= 0.3 * union + 1e-9
     assert MaskSet.from_json(capped.to_json()).masks().shape == (2, *image.shape[:2])
 
 
