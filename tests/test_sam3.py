@@ -336,3 +336,38 @@ def test_mask_generator_feeds_refinement(sam3, tiny_clip):
     assert result.labels.shape == (90, 120)
     with pytest.raises(InputError, match="at least one text prompt"):
         Sam3MaskGenerator(sam3, prompts=[" "])
+
+
+def test_masks_command_takes_the_sam3_generator(evaldata, tmp_path):
+    import argparse
+    import json
+
+    from ovss.masks import MaskSet
+    from ovss.masks.cli import add_masks_parser
+
+    parser = argparse.ArgumentParser(prog="ovss")
+    add_masks_parser(parser.add_subparsers(dest="command"))
+    image = evaldata / "ade20k_sceneparsing/sampleData/images/ADE_val_00000001.jpg"
+    argv = [
+        "masks",
+        str(image),
+        "--out",
+        str(tmp_path),
+        "--generator",
+        "sam3",
+        "--device",
+        "cpu",
+        "--set",
+        "prompts=['object', 'person']",
+        "--set",
+        "confidence_threshold=0.1",
+        "--no-preview",
+    ]
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert args.func(args) == 0
+    data = json.loads((tmp_path / "ADE_val_00000001.json").read_text())
+    masks = MaskSet.from_json(data)
+    assert masks.image_size == (512, 683) and len(masks) > 0
+    assert data["info"]["generator"] == "sam3" and {r["prompt"] for r in masks} <= {"object", "person"}
