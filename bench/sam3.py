@@ -22,12 +22,13 @@ time for N prompts is composed from the measured parts: vision + text + ceil(N /
 vocabularies instead (use it on a GPU). Peak memory is the process's resident set (CPU) or
 ``torch.cuda.max_memory_allocated`` (CUDA) during each step.
 
-    python bench/sam3.py [--threads 2] [--prompt-batch 4] [--device cpu] [--full]
+    python bench/sam3.py [--threads 2] [--prompt-batch 4] [--device cpu] [--full] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import sys
@@ -101,39 +102,26 @@ def full_size_sam3(device: torch.device):
     from ovss.models.sam3 import Sam3Backbone
 
     torch.manual_seed(0)
-    return Sam3Backbone(Sam3Model(Sam3Config()), _byte_level_tokenizer(), "sam3-random", device)
+    return Sam3Backbone(Sam3Model(Sam3Config()), _byte_level_tokenizer(), "sam3-default-config", device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--prompt-batch", type=int, default=4, help="prompts per grounding chunk (default 4)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--full", action="store_true", help="run every prompt of both vocabularies end to end")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore")
-
-    from dense_clip import full_size_clip
-    from ovss.data.classes import ADE20K_150, VOC20
-    from ovss.methods.dense_clip import DenseCLIPMethod, DenseCLIPSettings
+def measure_sam3(args: argparse.Namespace, image: np.ndarray, vocabs: dict, device: torch.device) -> dict:
+    """Seconds per image and peak memory of ``sam3`` for each vocabulary (see the module docstring)."""
     from ovss.methods.sam3 import Sam3Method, Sam3Settings, fuse_prompt_maps
     from ovss.models.sam3 import TEXT_LENGTH
-    from ovss.ops.text import embed_queries
-    from ovss.vocab import build_vocabulary
 
-    device = torch.device(args.device)
-    image = _photo()
     size = image.shape[:2]
-    vocabs = {"21": build_vocabulary(list(VOC20), "threshold"), "150": build_vocabulary(list(ADE20K_150))}
-    print(f"torch {torch.__version__}, {args.threads} threads, device {device}, image {size[1]}x{size[0]}")
+    results: dict[str, dict[str, float]] = {}
+    if args.smoke:
+        from ovss.models.sam3 import load_sam3
 
-    sam3, build_s, _ = timed(lambda: full_size_sam3(device), device)
+        sam3, build_s, _ = timed(lambda: load_sam3("tiny-random", device), device)
+    else:
+        sam3, build_s, _ = timed(lambda: full_size_sam3(device), device)
     params = sum(p.numel() for p in sam3.model.parameters()) / 1e6
-    print(f"SAM 3 (default Sam3Config, random weights): {params:.0f}M parameters, built in {build_s:.0f} s")
+    print(f"SAM 3 {sam3.name} (random weights): {params:.1f}M parameters, built in {build_s:.0f} s")
     settings = Sam3Settings(prompt_batch=args.prompt_batch)
     method = Sam3Method({"sam3": sam3}, settings, device)
-    results: dict[str, dict[str, float]] = {}
 
     if args.full:
         for key, vocab in vocabs.items():
@@ -185,7 +173,40 @@ def main() -> None:
                 f"per class {per_call:.0f} s ({per_call / batched:.1f}x the batched time)"
             )
 
-    clip = full_size_clip("B/16")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--prompt-batch", type=int, default=4, help="prompts per grounding chunk (default 4)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--full", action="store_true", help="run every prompt of both vocabularies end to end")
+    parser.add_argument("--smoke", action="store_true", help="tiny random models: checks the script in seconds")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+
+    from dense_clip import full_size_clip
+    from ovss.data.classes import ADE20K_150, VOC20
+    from ovss.methods.dense_clip import DenseCLIPMethod, DenseCLIPSettings
+    from ovss.ops.text import embed_queries
+    from ovss.vocab import build_vocabulary
+
+    device = torch.device(args.device)
+    image = _photo()
+    size = image.shape[:2]
+    vocabs = {"21": build_vocabulary(list(VOC20), "threshold"), "150": build_vocabulary(list(ADE20K_150))}
+    print(f"torch {torch.__version__}, {args.threads} threads, device {device}, image {size[1]}x{size[0]}")
+
+    results = measure_sam3(args, image, vocabs, device)
+    gc.collect()  # SAM 3's weights are gone: SCLIP's peak memory below is its own
+    if args.smoke:
+        from ovss.models.clip import load_clip
+
+        clip = load_clip("tiny-random")
+    else:
+        clip = full_size_clip("B/16")
     clip.model.to(device)
     clip.device = device
     sclip_settings = DenseCLIPSettings(variant="sclip", logit_scale=40.0)
@@ -197,7 +218,7 @@ def main() -> None:
         ratio = results[key]["seconds"] / seconds
         print(
             f"sclip ViT-B/16 {key} classes: {seconds:.2f} s/image, peak {peak:.2f} GiB; "
-            f"sam3 / sclip = {ratio:.0f}x the time"
+            f"sam3 / sclip = {ratio:.1f}x the time"
         )
 
 
