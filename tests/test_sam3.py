@@ -119,6 +119,24 @@ def test_fusion_equals_the_direct_rule_on_raw_outputs(sam3):
     assert (probs > 0).mean() > 0.5 and len(np.unique(labels)) > 1
 
 
+def test_fusion_takes_the_max_where_either_head_wins(sam3):
+    import copy
+
+    weak_semantic = copy.deepcopy(sam3)
+    with torch.no_grad():  # lower the semantic head so that instances win in some places
+        weak_semantic.model.mask_decoder.semantic_projection.bias -= 2.0
+    image = _image(seed=6)
+    vocab = build_vocabulary("cat; dog, puppy")
+    thd = float(_all_scores(weak_semantic, image, vocab.queries).quantile(0.3))
+    out = _method(weak_semantic, confidence_threshold=thd).segment(image, vocab, return_probs=True)
+    labels, probs = _direct(weak_semantic, image, vocab, thd, 0.0)
+    np.testing.assert_allclose(out.probs, probs, rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(out.labels, labels)
+    _, inst = _direct(weak_semantic, image, vocab, thd, 0.0, semantic=False)
+    wins = probs - inst < 1e-7  # where the instance branch gives the fused value
+    assert 0.01 < wins.mean() < 0.99
+
+
 def test_background_threshold_follows_prob_thd(sam3):
     image = _image(seed=1)
     vocab = build_vocabulary("cat; dog; car", "threshold")
