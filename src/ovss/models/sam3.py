@@ -207,12 +207,12 @@ def load_sam3(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> Sa
         return Sam3Backbone(model, tokenizer, name, device)
     from transformers import AutoConfig, AutoTokenizer, Sam3Model
 
-    is_dir = Path(name).exists()
+    is_local = Path(name).exists()
     try:
         with quiet_hub():
             config = load_config(name, AutoConfig, "SAM 3")
     except ModelLoadError:
-        if is_dir:
+        if is_local:
             raise
         raise ModelLoadError(_gated_hint(name)) from None
     if config.model_type not in SAM3_MODEL_TYPES:
@@ -225,7 +225,7 @@ def load_sam3(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> Sa
             model = Sam3Model.from_pretrained(name, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
-        if not is_dir:
+        if not is_local:
             raise ModelLoadError(_gated_hint(name)) from None
         raise ModelLoadError(f"could not load SAM 3 weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
     return Sam3Backbone(model, tokenizer, name, device)
