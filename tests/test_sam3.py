@@ -389,3 +389,11 @@ def test_masks_command_takes_the_sam3_generator(evaldata, tmp_path):
     masks = MaskSet.from_json(data)
     assert masks.image_size == (512, 683) and len(masks) > 0
     assert data["info"]["generator"] == "sam3" and {r["prompt"] for r in masks} <= {"object", "person"}
+
+
+def test_bf16_autocast_stays_close_to_fp32(sam3):
+    vocab = build_vocabulary("cat; dog; car")
+    fp32 = _method(sam3).segment(_image(), vocab, return_probs=True)
+    bf16 = _method(sam3, precision="bf16").segment(_image(), vocab, return_probs=True)
+    assert bf16.probs.dtype == np.float32
+    np.testing.assert_allclose(bf16.probs, fp32.probs, rtol=0, atol=0.05)
