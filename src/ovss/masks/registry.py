@@ -60,6 +60,12 @@ def _sam(**kwargs: Any):
     return SamMaskGenerator(**kwargs)
 
 
+def _sam3(**kwargs: Any):
+    from .sam3 import Sam3MaskGenerator
+
+    return Sam3MaskGenerator(**kwargs)
+
+
 def _kmeans(**kwargs: Any):
     from .kmeans import KMeansMaskGenerator
 
@@ -67,4 +73,5 @@ def _kmeans(**kwargs: Any):
 
 
 register_mask_generator("sam", _sam, "SAM or SAM2 automatic masks: point grid, crops, IoU/stability filters, NMS")
+register_mask_generator("sam3", _sam3, "SAM 3 instance masks for text prompts (a generic 'object' by default)")
 register_mask_generator("kmeans", _kmeans, "k-means on DINO/DINOv2 patch features, one mask per cluster")
