@@ -7,6 +7,7 @@ so the method's shared-feature batching, chunking, synonym max and thresholds ar
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -46,7 +47,7 @@ def _image(h: int = 90, w: int = 120, seed: int = 0) -> np.ndarray:
 
 def _method(sam3, **settings) -> Sam3Method:
     spec = get_method_spec("sam3")
-    return spec.factory({"sam3": sam3}, spec.make_settings(settings), CPU)
+    return spec.factory({"sam": sam3}, spec.make_settings(settings), CPU)
 
 
 def _raw_outputs(sam3, image: np.ndarray, prompt: str):
@@ -266,10 +267,24 @@ def test_local_folder_round_trip(sam3, tmp_path):
     np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
 
 
-def test_tier_is_labelled():
+def test_tier_is_labelled(sam3, tmp_path, capsys):
+    from ovss.api import Segmenter
+    from ovss.cli import main
+    from ovss.methods.base import TIERS
+
     spec = get_method_spec("sam3")
-    assert spec.tier == TIER == "supervised concept segmenter, trained on SA-Co (not annotation-free)"
-    assert TIER in spec.description and spec.needs == ("sam3",)
+    assert TIERS[spec.tier].startswith("supervised concept segmenter") and TIER in spec.description
+    assert spec.needs == ("sam",) and spec.loaders == {"sam": "sam3"}  # --sam takes the SAM 3 model
+    result = Segmenter("sam3", sam=sam3, device="cpu").segment(_image(), "cat; dog")
+    assert result.info["tier"] == "D"
+    # the command line: --sam tiny-random builds a tiny Sam3Model through the sam3 loader
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(_image()).save(image)
+    argv = ["segment", str(image), "-m", "sam3", "--sam", "tiny-random", "-c", "cat; dog", "-o", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "o" / "a.json").read_text())["models"]["sam"] == "tiny-random"
 
 
 # ------------------------------------------------------------------------------- real photo
@@ -291,7 +306,7 @@ def test_cuda_matches_cpu(sam3):
     cuda = load_sam3("tiny-random", "cuda")
     vocab = build_vocabulary("cat; dog; car")
     spec = get_method_spec("sam3")
-    gpu = spec.factory({"sam3": cuda}, spec.make_settings({}), torch.device("cuda")).segment(_image(), vocab, True)
+    gpu = spec.factory({"sam": cuda}, spec.make_settings({}), torch.device("cuda")).segment(_image(), vocab, True)
     cpu = _method(sam3).segment(_image(), vocab, return_probs=True)
     np.testing.assert_allclose(gpu.probs, cpu.probs, rtol=0, atol=1e-4)
 

@@ -3,6 +3,7 @@
 from . import dense_clip as _dense_clip  # noqa: F401  (registers the training-free dense-CLIP methods)
 from . import fmbseg as _fmbseg  # noqa: F401
 from . import pixelclip as _pixelclip  # noqa: F401
+from . import sam3 as _sam3  # noqa: F401
 from . import tuss as _tuss  # noqa: F401
 from .base import Method, MethodOutput, MethodSpec, available_methods, get_method_spec, register_method
 

@@ -174,8 +174,8 @@ def build_tiny_sam3(seed: int = 0):
     that scores, masks and presence differ between prompts and thresholds have something to cut."""
     from transformers import Sam3Model
 
-    from ..masks.sam import randomize_sam
     from .clip import _byte_level_tokenizer
+    from .sam import randomize_sam
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

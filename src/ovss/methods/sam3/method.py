@@ -65,13 +65,13 @@ class Sam3Settings:
 
 
 class Sam3Method(Method):
-    needs = ("sam3",)
+    needs = ("sam",)
     tier = TIER
 
     def __init__(self, backbones, settings: Sam3Settings, device: torch.device) -> None:
         settings.validate()
         super().__init__(backbones, settings, device)
-        self.sam3: Sam3Backbone = backbones["sam3"]
+        self.sam3: Sam3Backbone = backbones["sam"]
 
     def effective_prob_thd(self, vocab: Vocabulary) -> float:
         s = self.settings
