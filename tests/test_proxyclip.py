@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_dense_clip import _attention_output, _lin, _ln, _mlp
 
-import ovss.methods.corrclip  # noqa: F401  (registers corrclip)
-import ovss.methods.proxyclip  # noqa: F401  (registers proxyclip)
 from ovss.api import Segmenter
 from ovss.errors import InputError
 from ovss.masks.pooling import refine_labels
@@ -28,6 +25,7 @@ from ovss.models.clip import CLIPBackbone
 from ovss.models.dino import DinoBackbone, load_dino
 from ovss.testing import SyntheticCLIP, make_scene, pixel_accuracy
 from ovss.testing.standins import SyntheticDINO, SyntheticMaskGenerator
+from test_dense_clip import _attention_output, _lin, _ln, _mlp
 
 TOL = 5e-5
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -310,8 +308,8 @@ def test_segmenter_on_a_real_photo_with_tiny_models(evaldata, method, vfm):
     photo = next((evaldata / "vainf_voc_samples" / "samples").glob("*_image.png"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        seg = Segmenter(method, clip="tiny-random", dino=vfm, sam="tiny-random", device="cpu", short_side=112,
-                        window=(112, 56))  # fmt: skip
+        settings = {"short_side": 112, "window": (112, 56)}
+        seg = Segmenter(method, clip="tiny-random", dino=vfm, sam="tiny-random", device="cpu", **settings)
         result = seg.segment(str(photo), "cat; dog; person", background="words")
     assert result.labels.shape == result.image.shape[:2]
     assert result.labels.min() >= 0 and result.labels.max() < 4
