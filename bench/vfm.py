@@ -4,10 +4,12 @@ Full-size architectures with random weights (speed and memory do not depend on t
 ViT-B/16, DINOv2 ViT-B/14 as the proxy, SAM2 Hiera-tiny masks at CorrCLIP's 8x8 preset. Each
 method keeps its own protocol: SCLIP short side 336 with 224/112 windows; ProxyCLIP and CorrCLIP
 short side 336 with 336/112 windows padded to 56. A 500x375 image (-> 448x336), 21 VOC classes
-with background words; text embeddings are built before the clock starts. Each method runs in its
-own process, so each peak RSS is its own; one warm-up image, then ``--images`` timed ones.
+with background words; text embeddings are built before the clock starts (with one template by
+default: they are not timed, and 80 templates cost minutes of text encoding per process on a
+loaded CPU). Each method runs in its own process, so each peak RSS is its own; one warm-up
+image, then ``--images`` timed ones.
 
-    python bench/vfm.py [--images 2] [--threads 2]
+    python bench/vfm.py [--images 2] [--threads 2] [--templates openai_imagenet_80]
 """
 
 from __future__ import annotations
@@ -42,26 +44,27 @@ def dinov2_base():
     return DinoBackbone(Dinov2Model(Dinov2Config()), "dinov2-vitb14-random")  # Dinov2Config() is ViT-B/14
 
 
-def build(method: str):
+def build(method: str, templates: str):
     from amg import hiera_tiny_sam2
     from dense_clip import full_size_clip
     from ovss.api import Segmenter
     from ovss.masks.sam import SamBackbone
 
     clip = full_size_clip("B/16")
+    common = {"device": "cpu", "templates": templates}
     if method == "sclip":
-        return Segmenter("sclip", clip=clip, device="cpu", logit_scale=65.0, prob_thd=0.1, area_thd=0.1)
+        return Segmenter("sclip", clip=clip, **common, logit_scale=65.0, prob_thd=0.1, area_thd=0.1)
     if method == "proxyclip":
-        return Segmenter("proxyclip", clip=clip, dino=dinov2_base(), device="cpu", prob_thd=0.2)
+        return Segmenter("proxyclip", clip=clip, dino=dinov2_base(), **common, prob_thd=0.2)
     sam = SamBackbone(hiera_tiny_sam2(), "sam2-hiera-tiny-random")
-    return Segmenter("corrclip", clip=clip, dino=dinov2_base(), sam=sam, device="cpu", prob_thd=0.2)
+    return Segmenter("corrclip", clip=clip, dino=dinov2_base(), sam=sam, **common, prob_thd=0.2)
 
 
-def run_one(method: str, images: int) -> dict:
+def run_one(method: str, images: int, templates: str) -> dict:
     from amg import _reset_peak, _rss_mb
     from dense_clip import test_image
 
-    segmenter = build(method)
+    segmenter = build(method, templates)
     image = test_image()
     segmenter.segment(image, VOC, background="words")  # warm-up; text embeddings built and cached
     model_mb = _rss_mb("VmRSS")
@@ -88,15 +91,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--templates", default="simple", help="template set for the (untimed) text embeddings")
     parser.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(run_one(args.one, args.images)))
+        print(json.dumps(run_one(args.one, args.images, args.templates)))
         return
     print(f"torch {torch.__version__}, {args.threads} threads, 500x375 -> 448x336, {args.images} images per method")
     for method in METHODS:
         cmd = [sys.executable, __file__, "--one", method, "--images", str(args.images), "--threads", str(args.threads)]
+        cmd += ["--templates", args.templates]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         res = json.loads(out)
         extra = f", {res['masks']} SAM2 masks" if res["masks"] is not None else ""
