@@ -49,6 +49,8 @@ def build(method: str, templates: str):
     from dense_clip import full_size_clip
     from ovss.api import Segmenter
     from ovss.masks.sam import SamBackbone
+    from ovss.methods import corrclip as _corrclip  # noqa: F401  (registers corrclip)
+    from ovss.methods import proxyclip as _proxyclip  # noqa: F401  (registers proxyclip)
 
     clip = full_size_clip("B/16")
     common = {"device": "cpu", "templates": templates}
