@@ -115,7 +115,7 @@ def _in_object_mass(vfm, image: np.ndarray, labels: np.ndarray, size: int = 336,
     """Mean share of a ProxyCLIP affinity row (beta 1.2, gamma 3) inside the row pixel's own object,
     over the patches lying fully inside an object (objects: GT classes 1-20 covering at most
     ``max_area`` of the image, so that a uniform row cannot score high; >= 4 such patches)."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1).float()[None] / 255
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     mean, std = torch.tensor(vfm.mean).view(1, 3, 1, 1), torch.tensor(vfm.std).view(1, 3, 1, 1)
     feats = vfm.patch_features((x - mean) / std)
