@@ -160,3 +160,44 @@ def test_real_dinov2_affinity_concentrates_in_the_object(evaldata):
     )
     # measured: real 0.821, random 0.622 (12 images): the mass leaking out of the object halves
     assert real_mean > random_mean + 0.1 and (1 - real_mean) < 0.6 * (1 - random_mean)
+
+
+@pytest.mark.parametrize("name", ["tiny-random-dinov3", "tiny-random-dinov2-reg"])
+def test_fmbseg_trains_and_segments_on_other_vfms(tmp_path, name):
+    from ovss.api import Segmenter
+    from ovss.io import write_json
+    from ovss.methods.fmbseg.train import VOCAB_FILE, TrainSettings, train_fmbseg
+    from ovss.testing import SyntheticCLIP, make_dataset
+    from ovss.vocab import build_vocabulary
+
+    scenes = make_dataset(2, seed=0, prefix="s", size=(112, 112))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for s in scenes:
+        Image.fromarray(s.image).save(tmp_path / "images" / f"{s.name}.png")
+        Image.fromarray(s.labels.astype(np.uint8)).save(tmp_path / "labels" / f"{s.name}.png")
+    write_json(tmp_path / "labels" / VOCAB_FILE, build_vocabulary("; ".join(scenes[0].class_names)).to_dict())
+    vfm, clip = _load(name), SyntheticCLIP()
+    settings = TrainSettings(size=112, batch_images=2, patches_per_image=16, epochs=1, templates="simple")
+    train_fmbseg(
+        tmp_path / "images",
+        tmp_path / "labels",
+        tmp_path / "run",
+        settings,
+        dino=vfm,
+        clip=clip,
+        device="cpu",
+        progress=False,
+    )
+    seg = Segmenter(
+        "fmbseg",
+        clip=clip,
+        dino=vfm,
+        checkpoint=str(tmp_path / "run" / "checkpoint.safetensors"),
+        device="cpu",
+        short_side=112,
+        window=None,
+        templates="simple",
+    )
+    labels = seg.segment(scenes[0].image, scenes[0].class_names).labels
+    assert labels.shape == (112, 112)
