@@ -299,6 +299,7 @@ LAYERS = {
     "templates": 1,
     "device": 1,
     "cliargs": 1,
+    "typecheck": 0,
     "jobs": 1,
     "result": 1,
     "checkpoints": 2,

@@ -91,7 +91,7 @@ class Sam3MaskGenerator:
 
     @torch.no_grad()
     def generate(self, image: ImageInput) -> MaskSet:
-        from ..methods.sam3.fusion import detection_scores, mask_probabilities
+        from ..models.sam3 import detection_scores, mask_probabilities
 
         img = load_image(image)
         h, w = img.shape[:2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from ..ops.dense_clip import dense_clip_features
+from ..ops.dense_clip import dense_clip_features, last_block_values, project_values
 from .loading import TINY_RANDOM, load_config, load_failure, quiet_hub, warn_tiny_random
 
 CLIP_MODEL_TYPES = ("clip", "metaclip_2")
@@ -88,6 +88,16 @@ class CLIPBackbone:
             self.patch_size,
             bias=bias,
         )
+
+    @torch.no_grad()
+    def value_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The last block's value vectors of the patch tokens, ``(B, C, h, w)`` (ProxyCLIP, CorrCLIP)."""
+        return last_block_values(self.vision, pixels.to(self.device), self.patch_size)
+
+    @torch.no_grad()
+    def project_values(self, values: torch.Tensor) -> torch.Tensor:
+        """Attended values ``(B, C, h, w)`` -> out_proj, ln_post, projection: ``(B, D, h, w)`` normalised."""
+        return project_values(self.vision, self.model.visual_projection, values.to(self.device))
 
 
 def _tiny_config():

@@ -229,3 +229,18 @@ def load_sam3(name: str = TINY_RANDOM, device: torch.device | str = "cpu") -> Sa
             raise ModelLoadError(_gated_hint(name)) from None
         raise ModelLoadError(f"could not load SAM 3 weights from {name!r}: {str(e).splitlines()[0][:160]}") from None
     return Sam3Backbone(model, tokenizer, name, device)
+
+
+# Reading SAM 3's outputs (what both the sam3 method and the SAM 3 mask generator need)
+
+
+def detection_scores(out: GroundingOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query scores ``(P, N)`` (class probability times presence) and presence ``(P,)``."""
+    presence = out.presence_logits.float().sigmoid()
+    return out.pred_logits.float().sigmoid() * presence, presence[:, 0]
+
+
+def mask_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(K, h, w)`` mask logits -> ``(K, H, W)`` probabilities at ``size`` (upsample, then sigmoid)."""
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return up.sigmoid()

@@ -197,3 +197,25 @@ def check_variant(variant: str) -> str:
     if variant not in LAST_BLOCKS:
         raise InputError(f"unknown last-block variant {variant!r}; choose one of {', '.join(LAST_BLOCKS)}")
     return variant
+
+
+def last_block_values(vision: nn.Module, pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The last block's value vectors of the patch tokens (heads concatenated): ``(B, C, h, w)``.
+
+    For methods that replace the last block's attention with an external affinity shared by all
+    heads (ProxyCLIP, CorrCLIP): then ``concat_h(A v_h) = A concat_h(v_h)``, so the heads never
+    need to be split."""
+    x, grid = trunk_tokens(vision, pixels, patch_size)
+    layer = vision.encoder.layers[-1]
+    v = layer.self_attn.v_proj(layer.layer_norm1(x))[:, 1:]
+    return v.transpose(1, 2).reshape(v.shape[0], -1, *grid)
+
+
+def project_values(vision: nn.Module, projection: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """Attended ``(B, C, h, w)`` values -> out_proj (no residual, no FFN), ``ln_post``, projection:
+    ``(B, D, h, w)`` L2-normalised embeddings."""
+    b, _, h, w = values.shape
+    x = values.flatten(2).transpose(1, 2)
+    x = vision.encoder.layers[-1].self_attn.out_proj(x.to(vision.post_layernorm.weight.dtype))
+    x = F.normalize(projection(vision.post_layernorm(x)).float(), dim=-1)
+    return x.transpose(1, 2).reshape(b, -1, h, w)

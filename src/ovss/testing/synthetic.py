@@ -355,6 +355,18 @@ def _unit_vector(dim: int, key: str) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, h, w)`` maps, replicate borders, radius 3 sigma."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 class SyntheticCLIP:
     """A deterministic CLIP stand-in whose embedding geometry encodes colour names.
 
@@ -379,6 +391,12 @@ class SyntheticCLIP:
       ``pooling="mean_colour"`` of the patch's mean RGB (a patch straddling red and blue gets the
       colour nearest their mean, e.g. grey: harsher aliasing). Every variant gives the same map,
       and ``bias`` (an attention bias for real ViTs) is accepted and ignored.
+    * ``blur`` (in patches, default 0) smooths the patch features with a Gaussian before they are
+      normalised, like CLIP's poor localisation: objects bleed into their surroundings and small
+      ones fade, while a VFM stand-in (:class:`ovss.testing.standins.SyntheticDINO`) stays sharp.
+    * :meth:`value_features` / :meth:`project_values` are the two halves of :meth:`dense_features`
+      (the unnormalised mixture, and normalisation), the interface that methods attending with an
+      external affinity use (ProxyCLIP, CorrCLIP): attending within an object undoes the blur.
     """
 
     name = "synthetic-clip"
@@ -398,6 +416,7 @@ class SyntheticCLIP:
         text_drift: Mapping[str, Mapping[str, float]] | None = None,
         mean: tuple[float, float, float] = _OPENAI_MEAN,
         std: tuple[float, float, float] = _OPENAI_STD,
+        blur: float = 0.0,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
@@ -405,7 +424,10 @@ class SyntheticCLIP:
             raise ValueError(f"dim {dim} is too small: {len(palette)} colours + 1 unrelated direction")
         if temperature <= 0 or patch_size < 1:
             raise ValueError("temperature and patch_size must be positive")
+        if blur < 0:
+            raise ValueError(f"blur must be >= 0, got {blur}")
         self._dim, self._seed = dim, seed
+        self.blur = float(blur)
         self.temperature = float(temperature)
         self.patch_size = patch_size
         self.image_size = 224  # like CLIPBackbone; nothing here depends on it
@@ -524,6 +546,14 @@ class SyntheticCLIP:
         """``(B, 3, H, W)`` normalised pixels -> ``(B, D, H // P, W // P)`` L2-normalised features."""
         check_variant(variant)  # same names as the real backbone, so typos fail the same way
         del bias  # only meaningful for a real ViT's attention
+        return self.project_values(self.value_features(pixels))
+
+    def project_values(self, values: torch.Tensor) -> torch.Tensor:
+        return F.normalize(values.float(), dim=1)
+
+    @torch.no_grad()
+    def value_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised pixels -> ``(B, D, H // P, W // P)`` colour mixtures (blurred)."""
         p = self.patch_size
         height, width = pixels.shape[-2:]
         gh, gw = height // p, width // p
@@ -537,7 +567,7 @@ class SyntheticCLIP:
         else:
             weights = F.avg_pool2d(self.colour_weights(rgb), p)
         feats = torch.einsum("bkhw,kd->bdhw", weights, self._colours.to(pixels.device))
-        return F.normalize(feats, dim=1)
+        return _gaussian_blur(feats, self.blur) if self.blur > 0 else feats
 
     def __repr__(self) -> str:
         return (

@@ -17,21 +17,8 @@ background threshold are applied by the caller (:mod:`.method`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ...models.sam3 import GroundingOutput
-
-
-def detection_scores(out: GroundingOutput) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-query scores ``(P, N)`` (class probability times presence) and presence ``(P,)``."""
-    presence = out.presence_logits.float().sigmoid()
-    return out.pred_logits.float().sigmoid() * presence, presence[:, 0]
-
-
-def mask_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(K, h, w)`` mask logits -> ``(K, H, W)`` probabilities at ``size`` (upsample, then sigmoid)."""
-    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return up.sigmoid()
+from ...models.sam3 import GroundingOutput, detection_scores, mask_probabilities
 
 
 def fuse_prompt_maps(
