@@ -34,7 +34,8 @@ class Vocabulary:
     query_class: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        queries, owner = [], []
+        queries: list[str] = []
+        owner: list[int] = []
         for index, words in enumerate(self.synonyms):
             queries.extend(words)
             owner.extend([index] * len(words))

@@ -138,7 +138,7 @@ def _root(root: str | os.PathLike, parent_of: str) -> Path:
     return path
 
 
-def _find_dir(candidates: Sequence[Path], marker: str) -> Path | None:
+def _find_dir(candidates: Sequence[Path], marker: str | Path) -> Path | None:
     """The first candidate folder that holds ``marker`` (a relative path)."""
     return next((c for c in candidates if (c / marker).exists()), None)
 

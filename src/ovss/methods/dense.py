@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..device import autocast, check_precision
 from ..errors import InputError
+from ..models.base import TextEncoder
 from ..ops.pamr import pamr
 from ..ops.postprocess import postprocess
 from ..ops.resize import (
@@ -96,7 +97,7 @@ class DenseMatchingMethod(Method):
     """Subclasses set ``self.text_encoder``, ``self.mean``/``self.std`` and ``self.patch_size``,
     and implement :meth:`embed`."""
 
-    text_encoder: object
+    text_encoder: TextEncoder
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     patch_size: int

@@ -101,7 +101,7 @@ def fixed_vocabulary(checkpoint: Checkpoint | None, classes: Any, background: An
     """The vocabulary of a run: the caller's classes, or those of a checkpoint fitted for fixed classes
     (``extra["fixed_classes"]``, e.g. a TUSS classifier), which the caller's classes must then match."""
     fixes = checkpoint is not None and checkpoint.extra.get("fixed_classes")
-    recorded = checkpoint.extra.get("vocabulary") if fixes else None
+    recorded = checkpoint.extra.get("vocabulary") if fixes and checkpoint is not None else None
     fixed = None
     if recorded:
         fixed = Vocabulary(

@@ -27,6 +27,8 @@ default), ``tiny-random-dinov2-reg``, ``tiny-random-dino`` (v1, patch 8), ``tiny
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -104,7 +106,7 @@ class SamEncoderBackbone:
 def _tiny_config(kind: str):
     from transformers import Dinov2Config, Dinov2WithRegistersConfig, DINOv3ViTConfig, ViTConfig
 
-    common = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+    common: dict[str, Any] = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
     if kind == "dinov2":
         return Dinov2Config(**common, image_size=56, patch_size=14)
     if kind == "dinov2-reg":

@@ -11,12 +11,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import InputError
+
+# transformers' CLIP submodules: their attributes (q_proj, layer_norm1, ...) resolve at run time
+HFModule = Any
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, nh * d)
 
 
-def _block(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+def _block(x: torch.Tensor, layer: HFModule) -> torch.Tensor:
     """A standard pre-norm CLIP block (the trunk), using fused attention."""
     attn = layer.self_attn
     y = layer.layer_norm1(x)
@@ -94,7 +97,7 @@ def _block(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 def last_block(
     x: torch.Tensor,
-    layer: nn.Module,
+    layer: HFModule,
     spec: LastBlock,
     grid: tuple[int, int],
     bias: torch.Tensor | None = None,
@@ -145,7 +148,7 @@ def resize_position_embedding_to_size(pos: torch.Tensor, grid: tuple[int, int]) 
     return torch.cat([pos[:1], table], dim=0)
 
 
-def pixelclip_last_block(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+def pixelclip_last_block(x: torch.Tensor, layer: HFModule) -> torch.Tensor:
     """PixelCLIP's dense last block: each token's value goes through the out-projection, the CLS
     token's *block input* is added to every token as the residual, then the MLP with its residual.
     The value path is per head and linear, so it equals ``out_proj(v_proj(ln_1(x)))`` on all heads."""
@@ -155,7 +158,7 @@ def pixelclip_last_block(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 
 def trunk_tokens(
-    vision: nn.Module,
+    vision: HFModule,
     pixels: torch.Tensor,
     patch_size: int,
     position_resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] = resize_position_embedding,
@@ -177,8 +180,8 @@ def trunk_tokens(
 
 
 def dense_clip_features(
-    vision: nn.Module,
-    projection: nn.Module,
+    vision: HFModule,
+    projection: HFModule,
     pixels: torch.Tensor,
     variant: str | LastBlock,
     patch_size: int,
@@ -199,7 +202,7 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def last_block_values(vision: nn.Module, pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+def last_block_values(vision: HFModule, pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
     """The last block's value vectors of the patch tokens (heads concatenated): ``(B, C, h, w)``.
 
     For methods that replace the last block's attention with an external affinity shared by all
@@ -211,7 +214,7 @@ def last_block_values(vision: nn.Module, pixels: torch.Tensor, patch_size: int) 
     return v.transpose(1, 2).reshape(v.shape[0], -1, *grid)
 
 
-def project_values(vision: nn.Module, projection: nn.Module, values: torch.Tensor) -> torch.Tensor:
+def project_values(vision: HFModule, projection: HFModule, values: torch.Tensor) -> torch.Tensor:
     """Attended ``(B, C, h, w)`` values -> out_proj (no residual, no FFN), ``ln_post``, projection:
     ``(B, D, h, w)`` L2-normalised embeddings."""
     b, _, h, w = values.shape

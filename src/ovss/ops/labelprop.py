@@ -272,6 +272,7 @@ class LPClassifier:
             weights = a / total.clamp_min(1e-12)
         elif self.config.weighting == "rigorous":
             k_ratio = a.shape[1] / self.graph_k  # k̄ / k
+            assert self.degree is not None  # set by fit
             denom = (0.5 * k_ratio * self.degree[idx] * total).clamp_min(1e-12).sqrt()
             weights = a / denom
         else:

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -246,7 +247,7 @@ def make_scene(
     The layout does not depend on ``noise``, ``texture`` or ``colour_jitter``: the same seed gives
     the same labels with or without them.
     """
-    names = _check_classes(PALETTE if classes is None else classes, palette)
+    names = _check_classes(list(PALETTE) if classes is None else classes, palette)  # type: ignore[arg-type]
     for shape in shapes:
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
@@ -304,7 +305,7 @@ def make_dataset(n: int, seed: int = 0, prefix: str = "synthetic", **scene_kwarg
 
     ``scene_kwargs`` go to :func:`make_scene` (``size``, ``classes``, ``noise``, ...).
     """
-    seeds = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32) if n > 0 else []
+    seeds: Any = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32) if n > 0 else []
     return [make_scene(int(s), name=f"{prefix}_{i:04d}", **scene_kwargs) for i, s in enumerate(seeds)]
 
 

@@ -9,6 +9,7 @@ features, the shared ConvHead and the masked BCE loss. The formulas follow the o
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,7 +21,7 @@ from ...ops.dense_clip import pixelclip_last_block, resize_position_embedding_to
 PROMPT_TEMPLATE = "A photo of a {} in the scene"
 
 
-def dense_features(vision: nn.Module, projection: nn.Module, pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+def dense_features(vision: Any, projection: Any, pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
     """``(B, 3, H, W)`` normalised pixels -> ``(B, D, H/P, W/P)`` PixelCLIP dense features (not normalised)."""
     x, grid = trunk_tokens(vision, pixels, patch_size, position_resize=resize_position_embedding_to_size)
     x = pixelclip_last_block(x, vision.encoder.layers[-1])

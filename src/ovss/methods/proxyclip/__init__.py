@@ -74,7 +74,7 @@ class ProxyCLIPMethod(VFMGuidedMethod):
         s = self.settings
         feats = self.vfm_features(pixels)
         weights = proxy_attention(feats, s.beta, s.gamma)
-        mixed = attend(self.clip.value_features(pixels), weights, tuple(feats.shape[-2:]))
+        mixed = attend(self.clip.value_features(pixels), weights, (int(feats.shape[-2]), int(feats.shape[-1])))
         return self.clip.project_values(mixed)
 
 
