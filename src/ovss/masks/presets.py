@@ -153,31 +153,16 @@ PRESETS: dict[str, Preset] = {
             },
             {"sam-vit-b": "2.7 s"},
         ),
-        Preset(
-            "tuss",
-            "TUSS l2_nmsf_s1_rsw3 (docs/methods.md §1.2): 32 points, IoU 0.86 (+0.1 for level 2), stability 0.92, "
-            "1 crop layer with 16x16 points, min area 100, level-2 NMS priority +1, containment filter 0.3",
-            {
-                "points_per_side": 32,
-                "points_per_batch": 256,
-                "pred_iou_thresh": 0.86,
-                "stability_score_thresh": 0.92,
-                "stability_score_offset": 1.0,
-                "box_nms_thresh": 0.7,
-                "crop_n_layers": 1,
-                "crop_nms_thresh": 0.7,
-                "crop_overlap_ratio": 512 / 1500,
-                "crop_n_points_downscale_factor": 2,
-                "min_mask_region_area": 100,
-                "output_mode": "uncompressed_rle",
-                "level_iou_offsets": (0.0, 0.0, 0.1),
-                "level_stability_offsets": (0.0, 0.0, 0.0),
-                "level_nms_offsets": (0.0, 0.0, 1.0),
-                "containment_thresh": 0.3,
-            },
-        ),
     )
 }
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add a preset from a method package (TUSS adds its level-aware mode)."""
+    if preset.name in PRESETS:
+        raise ValueError(f"mask preset {preset.name!r} is registered twice")
+    PRESETS[preset.name] = preset
+    return preset
 
 
 def get_preset(name: str) -> Preset:
