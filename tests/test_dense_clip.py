@@ -1,7 +1,7 @@
 """Each last-block variant against a plain re-implementation of docs/methods.md §0.4(b) and §5.1.
 
 The reference below is written from the formulas with explicit per-head loops; it shares no
-code with ovss.ops.dense_clip. Perturbing a weight the variant depends on must break agreement.
+code with ovss.models.dense_clip. Perturbing a weight the variant depends on must break agreement.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ovss.models.clip import CLIPBackbone
-from ovss.ops.dense_clip import LAST_BLOCKS, resize_position_embedding
+from ovss.models.dense_clip import LAST_BLOCKS, resize_position_embedding
 
 TOL = 2e-5
 

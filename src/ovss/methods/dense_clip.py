@@ -1,6 +1,6 @@
 """Training-free dense-CLIP methods: vanilla CLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP.
 
-They differ only in the last ViT block (ops.dense_clip.LAST_BLOCKS) and in their protocol
+They differ only in the last ViT block (models.dense_clip.LAST_BLOCKS) and in their protocol
 defaults (short side, windows, logit scale, PAMR), which come from their protocol family's table
 in ``ovss.protocols``, so one class serves all and each value is written once.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.dense_clip import check_variant
+from ..models.dense_clip import check_variant
 from .base import MethodSpec, register_method
 from .dense import DenseMatchingMethod, DenseSettings
 from .settings import family_defaults

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from ..ops.dense_clip import dense_clip_features, last_block_values, project_values
+from .dense_clip import dense_clip_features, last_block_values, project_values
 from .loading import TINY_RANDOM, load_config, load_failure, quiet_hub, warn_tiny_random
 
 CLIP_MODEL_TYPES = ("clip", "metaclip_2")

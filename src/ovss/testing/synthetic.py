@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ..ops.dense_clip import check_variant
+from ..models.dense_clip import check_variant
 
 # Value of "no label" in label maps and label PNGs (the mmseg / VOC convention).
 IGNORE_INDEX = 255

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops.dense_clip import pixelclip_last_block, resize_position_embedding_to_size, trunk_tokens
+from ...models.dense_clip import pixelclip_last_block, resize_position_embedding_to_size, trunk_tokens
 
 PROMPT_TEMPLATE = "A photo of a {} in the scene"
 
