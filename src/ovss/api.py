@@ -116,7 +116,7 @@ class Segmenter:
         rgb = load_image(image, self.max_pixels)
         start = time.perf_counter()
         vote_logits = bool(self.refine) and self.refine["vote"] == "logits"
-        out = self.method.segment(rgb, vocab, return_probs=return_probs or vote_logits)
+        out = self.method.segment(rgb, vocab, return_probs=return_probs or vote_logits)  # type: ignore[arg-type]
         if self.refine:
             from .masks.pooling import refine_labels
 
@@ -127,7 +127,7 @@ class Segmenter:
             if not return_probs:
                 out.probs = None
         seconds = time.perf_counter() - start
-        return SegResult(out.labels, list(vocab.names), out.probs, rgb, self._info(vocab, seconds))
+        return SegResult(out.labels, list(vocab.names), out.probs, rgb, self._info(vocab, seconds))  # type: ignore[arg-type, union-attr]
 
     def refine_settings(self) -> dict[str, Any] | None:
         if not self.refine:

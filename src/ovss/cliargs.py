@@ -33,7 +33,7 @@ FLAGS = {
 class OvssArgumentParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (and exit code 2), like every other ovss error."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
 
         self.exit(2, f"ovss: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 

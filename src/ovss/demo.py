@@ -138,7 +138,13 @@ def cached_segmenter(cache: SegmenterCache, method: str, models: dict[str, str |
     return cache.get(
         key,
         lambda: Segmenter(
-            method, device=config.device, checkpoint=checkpoint, cache=cache.models, **models, **extra, **settings
+            method,
+            device=config.device,
+            checkpoint=checkpoint,
+            cache=cache.models,
+            **models,  # type: ignore[arg-type]
+            **extra,  # type: ignore[arg-type]
+            **settings,
         ),
     )
 
@@ -160,7 +166,7 @@ def offered_methods(config: DemoConfig) -> list[str]:
             from .methods.settings import read_checkpoint
 
             try:  # the backbones its weights were trained on
-                recorded = set(read_checkpoint(spec, config.checkpoint).backbones)
+                recorded = set(read_checkpoint(spec, config.checkpoint).backbones)  # type: ignore[union-attr]
             except OvssError:
                 continue  # a checkpoint of another method
         if all(given.get(kind, False) or kind in recorded for kind in spec.needs):
@@ -356,7 +362,7 @@ class DemoApp:
                 progress(fraction, desc=desc)
 
         try:
-            out = self.segment(*inputs, progress=step)
+            out = self.segment(*inputs, progress=step)  # type: ignore[misc]
         except OvssError as e:
             raise gr.Error(_one_line(str(e)), print_exception=False) from None
         except Exception as e:  # a bug, not the user's input: one line on the page, the traceback in the log

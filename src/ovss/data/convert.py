@@ -267,7 +267,7 @@ def _segments(segments_info: Sequence[Mapping[str, Any]] | Mapping[str, Any] | s
         segments_info = json.loads(Path(segments_info).read_text())
     if isinstance(segments_info, Mapping):
         segments_info = segments_info["segments_info"]
-    return list(segments_info)  # type: ignore[arg-type]  # a sequence of segment dicts here
+    return list(segments_info)  # a sequence of segment dicts here
 
 
 def panoptic_segment_areas(panoptic: str | os.PathLike | np.ndarray, segments_info: Any) -> dict[int, int]:

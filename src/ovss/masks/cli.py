@@ -150,7 +150,7 @@ def _run_masks(args: argparse.Namespace, out: Path, ok_paths, ok_stems, unreadab
             save_image(target.parent / (target.name + ".png"), masks.preview(image))
         masks.save_json(target.parent / (target.name + ".json"))  # written last: marks the image done
         total += len(masks)
-    done = len(todo) - failed
+    done = len(todo) - failed  # type: ignore[assignment]
     note = f", {skipped} already done" if skipped else ""
     print(f"ovss: {total} masks for {done} of {len(todo)} images in {out}{note}", file=sys.stderr)
     if failures:

@@ -33,7 +33,7 @@ class MaskSet(Sequence):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return MaskSet(self.records[index], self.image_size, self.info)
         return self.records[index]

@@ -56,7 +56,7 @@ def sam_pixels(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, i
     """SAM input: long side resized to ``size`` (PIL bilinear, as Meta's predictor), normalised
     with Meta's mean/std, zero-padded to ``size x size``. Returns pixels and the resized (h, w)."""
     h, w = resized_shape(image.shape[0], image.shape[1], size)
-    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))  # type: ignore[attr-defined]
     x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
     x = (x - torch.tensor(SAM_MEAN).view(3, 1, 1)) / torch.tensor(SAM_STD).view(3, 1, 1)
     x = F.pad(x, (0, size - w, 0, size - h))
@@ -122,7 +122,9 @@ class SamMaskGenerator:
             self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in s.point_grids]
         else:
             self.point_grids = amg.layer_point_grids(
-                s.points_per_side, s.crop_n_layers, s.crop_n_points_downscale_factor
+                s.points_per_side,  # type: ignore[arg-type]
+                s.crop_n_layers,
+                s.crop_n_points_downscale_factor,
             )
 
     @property
@@ -259,8 +261,8 @@ class SamMaskGenerator:
         iou_offset = torch.tensor([0.0 if lv is None else s.level_iou_offsets[lv] for lv in levels])
 
         def keep(iou: torch.Tensor) -> torch.Tensor:
-            if s.pred_iou_thresh > 0:
-                return (iou + iou_offset) > s.pred_iou_thresh
+            if s.pred_iou_thresh > 0:  # type: ignore[operator]
+                return (iou + iou_offset) > s.pred_iou_thresh  # type: ignore[operator]
             return torch.ones_like(iou, dtype=torch.bool)
 
         if isinstance(state, SamCropState):
@@ -341,7 +343,7 @@ class SamMaskGenerator:
                 "predicted_iou": float(data.iou[i]),
                 "point_coords": [[float(v) for v in data.points[i]]],
                 "stability_score": float(data.stability[i]),
-                "crop_box": [int(v) for v in amg.xyxy_to_xywh(data.crop_boxes[i])],
+                "crop_box": [int(v) for v in amg.xyxy_to_xywh(data.crop_boxes[i])],  # type: ignore[arg-type]
                 "level": data.levels[i],
             })  # fmt: skip
         return MaskSet(records, image_hw, info=self.info())

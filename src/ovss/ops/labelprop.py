@@ -50,7 +50,7 @@ class InductiveConfig:
 
 def _faiss():
     try:
-        import faiss  # type: ignore[import-not-found]
+        import faiss
     except ImportError:
         return None
     return faiss

@@ -44,7 +44,7 @@ def slide(
     for start in range(0, len(boxes), batch_size):
         chunk = boxes[start : start + batch_size]
         crops = torch.stack([pixels[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-        fn = (lambda b, chunk=chunk: score_fn(b, chunk)) if with_boxes else score_fn
+        fn = (lambda b, chunk=chunk: score_fn(b, chunk)) if with_boxes else score_fn  # type: ignore[call-arg]
         scores = _window_scores(crops, fn, pad_to)
         if total is None:
             total = torch.zeros(scores.shape[1], height, width)

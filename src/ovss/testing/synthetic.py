@@ -247,7 +247,7 @@ def make_scene(
     The layout does not depend on ``noise``, ``texture`` or ``colour_jitter``: the same seed gives
     the same labels with or without them.
     """
-    names = _check_classes(list(PALETTE) if classes is None else classes, palette)  # type: ignore[arg-type]
+    names = _check_classes(list(PALETTE) if classes is None else classes, palette)
     for shape in shapes:
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")

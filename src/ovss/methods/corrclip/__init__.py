@@ -74,7 +74,7 @@ class CorrCLIPMethod(VFMGuidedMethod):
             from ...masks.sam import SamMaskGenerator
 
             extra = {} if settings.mask_points is None else {"points_per_side": settings.mask_points}
-            self.mask_generator = SamMaskGenerator(sam, preset=settings.mask_preset, **extra)
+            self.mask_generator = SamMaskGenerator(sam, preset=settings.mask_preset, **extra)  # type: ignore[arg-type]
         self._regions: torch.Tensor | None = None  # the current image's region map at the resized size
 
     def regions(self, image: np.ndarray) -> np.ndarray:
@@ -88,7 +88,7 @@ class CorrCLIPMethod(VFMGuidedMethod):
         feats = F.interpolate(self.vfm_features(pixels).float(), size=grid, mode="bilinear", align_corners=False)
         regions = None
         if s.scope and self._regions is not None:
-            regions = torch.stack([window_regions(self._regions, b, pixels.shape[-2:], grid) for b in boxes])
+            regions = torch.stack([window_regions(self._regions, b, pixels.shape[-2:], grid) for b in boxes])  # type: ignore[arg-type]
         weights = corr_attention(feats, regions, s.tau)
         return self.clip.project_values(attend(self.clip.value_features(pixels), weights, grid))
 
@@ -108,7 +108,7 @@ class CorrCLIPMethod(VFMGuidedMethod):
 
         pad = self.patch_size if s.pad_to == "patch" else s.pad_to
         with autocast(self.device, s.precision):
-            scores = slide(pixels, score_fn, s.window, s.window_batch, pad, with_boxes=True)
+            scores = slide(pixels, score_fn, s.window, s.window_batch, pad, with_boxes=True)  # type: ignore[arg-type]
         return scores, pixels
 
     @torch.no_grad()

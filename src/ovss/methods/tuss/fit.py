@@ -97,11 +97,11 @@ def glcc_for(setting: str, fs: FitSettings, progress: bool = False) -> GLCC:
             return None
         changes = {"base_iters": fs.probe_iters, "base_warmup_iters": fs.probe_warmup, "iter_factor": fs.iter_factor,
                    "seed": fs.seed, "schedule": fs.probe_schedule}  # fmt: skip
-        return dataclasses.replace(p, **{k: v for k, v in changes.items() if v is not None})
+        return dataclasses.replace(p, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
     def lp(c: LPConfig, first: bool) -> LPConfig:
         changes = {"k": fs.lp_k if first else None, "alpha": fs.lp_alpha}
-        return dataclasses.replace(c, **{k: v for k, v in changes.items() if v is not None})
+        return dataclasses.replace(c, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
     rounds = tuple(RoundConfig(lp(r.lp, i == 0), probe(r.probe)) for i, r in enumerate(cfg.rounds))
     inductive = cfg.inductive
@@ -110,7 +110,7 @@ def glcc_for(setting: str, fs: FitSettings, progress: bool = False) -> GLCC:
     if fs.weighting is not None:
         inductive = dataclasses.replace(inductive, weighting=fs.weighting)  # type: ignore[arg-type]
     lp_weight = fs.lp_weight if fs.lp_weight is not None else cfg.lp_weight
-    return GLCC(dataclasses.replace(cfg, rounds=rounds, probe=probe(cfg.probe), inductive=inductive,
+    return GLCC(dataclasses.replace(cfg, rounds=rounds, probe=probe(cfg.probe), inductive=inductive,  # type: ignore[arg-type]
                                     lp_weight=lp_weight), progress)  # fmt: skip
 
 

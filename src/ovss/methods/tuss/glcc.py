@@ -352,8 +352,8 @@ class GLCC:
         if cfg.setting != "wsss":
             raise InputError(f"unknown GLCC setting {cfg.setting!r}; use 'fsss', 'sss' or 'wsss'")
         y = y0
-        y_star: Any = None
-        res: Any = None
+        y_star: Any = None  # type: ignore[no-redef]
+        res: Any = None  # type: ignore[no-redef]
         for rnd in cfg.rounds:
             res = LabelPropagator(rnd.lp)(embeddings, y, knn)
             self.history.append(res)

@@ -68,7 +68,7 @@ class TUSSSettings:
         w = self.window
         if w is None:
             return []
-        return [tuple(w)] if isinstance(w[0], int) else [tuple(x) for x in w]  # type: ignore[misc]
+        return [tuple(w)] if isinstance(w[0], int) else [tuple(x) for x in w]  # type: ignore[list-item, misc]
 
     def validate(self) -> None:
         check_precision(self.precision)
@@ -219,7 +219,7 @@ class TUSSMethod(Method):
                 for k, window in enumerate(windows):  # running mixture m <- 0.5 m + 0.5 m_k, as weights
                     mix = 0.5 ** (len(windows) - 1) if k == 0 else 0.5 ** (len(windows) - k)
                     boxes = window_grid(h, w, *window)
-                    feats = []
+                    feats = []  # type: ignore[var-annotated]
                     for a in range(0, len(boxes), s.window_batch):
                         chunk = boxes[a : a + s.window_batch]
                         crops = torch.stack([pixels[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
@@ -286,7 +286,7 @@ class TUSSMethod(Method):
     def _pixel_scores(self, fmap: torch.Tensor, vocab: Vocabulary, size: tuple[int, int]) -> torch.Tensor:
         flat = F.normalize(upsample_rows(fmap, size).flatten(1).T, dim=-1)
         if self.classifier is not None and self.classifier.glcc is not None:
-            return self.classifier.glcc.probe.scores(flat).T.reshape(-1, *size)  # the probe: kNN per pixel is too slow
+            return self.classifier.glcc.probe.scores(flat).T.reshape(-1, *size)  # type: ignore[union-attr]  # the probe: kNN per pixel is too slow
         return self.text_scores(flat, vocab).view(-1, *size)
 
     @torch.no_grad()
