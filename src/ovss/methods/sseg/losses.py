@@ -36,9 +36,9 @@ def match(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (prediction, target) of the minimum-cost one-to-one assignment of ``K <= N`` targets."""
     with torch.no_grad():
-        cost = dice_weight * dice_cost(logits.float(), targets) + focal_weight * focal_cost(
-            logits.float(), targets, alpha, gamma
-        )
+        pred = logits.detach().float() if logits.dtype in (torch.float16, torch.bfloat16) else logits.detach()
+        target = targets.to(pred.dtype)
+        cost = dice_weight * dice_cost(pred, target) + focal_weight * focal_cost(pred, target, alpha, gamma)
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     return rows, cols
 
@@ -66,22 +66,33 @@ def mask_loss(
         flat_targets.append(target[torch.as_tensor(cols, device=pred.device)])
     if not flat_logits:
         return logits.sum() * 0.0
-    pred, target = torch.cat(flat_logits).float(), torch.cat(flat_targets).float()
+    pred, target = torch.cat(flat_logits), torch.cat(flat_targets)
+    if pred.dtype in (torch.float16, torch.bfloat16):
+        pred, target = pred.float(), target.float()
     dice = torch.diagonal(dice_cost(pred, target)).mean()
     focal = torch.diagonal(focal_cost(pred, target, alpha, gamma)).mean()
     return dice_weight * dice + focal_weight * focal
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All ranks' rows (gradients flow back to every rank), and this rank's row offset."""
+    """All ranks' rows (gradients flow back to every rank), and this rank's row offset.
+
+    Ranks may hold different numbers of rows (skipped samples): rows are padded to the largest
+    count for the collective and the padding is cut off again."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
-    parts = all_gather(x.contiguous())
-    return torch.cat(parts), dist.get_rank() * x.shape[0]
+    count = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    padded = torch.cat([x, x.new_zeros(max(sizes) - x.shape[0], *x.shape[1:])]).contiguous()
+    parts = all_gather(padded)
+    rank = dist.get_rank()
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]), sum(sizes[:rank])
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -94,4 +105,4 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
     labels = torch.arange(image.shape[0], device=image.device) + offset
     image_to_text = scale * image @ all_text.T
     text_to_image = scale * text @ all_image.T
-    return (F.cross_entropy(image_to_text.float(), labels) + F.cross_entropy(text_to_image.float(), labels)) / 2
+    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2

@@ -386,7 +386,7 @@ def train_sseg(
         total=total_steps, initial=step, desc="sseg", unit="step", file=sys.stderr, disable=not progress or rank != 0
     )
     skipped_total = 0
-    last = {"mask": float("nan"), "contrastive": float("nan")}
+    last = {"loss": float("nan"), "mask": float("nan"), "contrastive": float("nan")}
     micro_count = 0
     done = step >= total_steps
     while not done and epoch < settings.epochs:
@@ -417,8 +417,9 @@ def train_sseg(
             loss_terms = _micro_step(
                 net, model, pixels_u8, captions, dino, settings, mask_size, dev, world, sync, autocast
             )
-            if loss_terms is not None:
-                last = loss_terms
+            if loss_terms is None:  # every sample of this micro-batch was skipped (single process)
+                continue
+            last = loss_terms
             micro_count += 1
             if not sync:
                 continue
@@ -493,7 +494,14 @@ def train_sseg(
             dino_name,
         )
     _barrier(world)
-    return {"run": str(run), "steps": step, "epoch": epoch, "skipped": skipped_total, "samples_per_epoch": samples}
+    return {
+        "run": str(run),
+        "steps": step,
+        "epoch": epoch,
+        "skipped": skipped_total,
+        "samples_per_epoch": samples,
+        "model": model,
+    }
 
 
 def _micro_step(net, model, pixels_u8, captions, dino, settings, mask_size, dev, world, sync, autocast):

@@ -1,0 +1,354 @@
+"""S-Seg: losses and matcher against plain re-implementations, the data stream, training, resume,
+inference and bad inputs. Tiny random models throughout; the torchrun and kill -9 tests use
+subprocesses with time limits."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ovss.methods.sseg as sseg_pkg
+from ovss.errors import InputError
+from ovss.methods.sseg.data import CaptionStream, collate, open_source
+from ovss.methods.sseg.losses import contrastive_loss, dice_cost, focal_cost, mask_loss, match
+from ovss.testing.captions import make_captioned_scenes, write_caption_folder, write_shards
+
+TINY = dict(
+    backbone="swin-test",
+    num_queries=6,
+    decoder_layers=2,
+    hidden=32,
+    decoder_heads=2,
+    embed_dim=16,
+    text_layers=2,
+    text_width=32,
+    text_heads=2,
+    context_length=24,
+    k=3,
+    dino_size=56,
+    size=64,
+    batch_size=4,
+    epochs=2,
+    save_every=1,
+    shuffle_buffer=4,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# plain formulas
+# ---------------------------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def plain_dice(logit: np.ndarray, target: np.ndarray) -> float:
+    p = _sigmoid(logit)
+    return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+
+
+def plain_focal(logit: np.ndarray, target: np.ndarray, alpha=0.25, gamma=2.0) -> float:
+    p = _sigmoid(logit)
+    total = 0.0
+    for x, pi, t in zip(logit, p, target):
+        if t:
+            total += alpha * (1 - pi) ** gamma * -math.log(pi)
+        else:
+            total += (1 - alpha) * pi**gamma * -math.log(1 - pi)
+        del x
+    return total / len(logit)
+
+
+def test_pairwise_costs_match_plain_formulas():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 30, generator=g, dtype=torch.float64) * 2
+    targets = (torch.rand(3, 30, generator=g) > 0.5).double()
+    d, f = dice_cost(logits, targets), focal_cost(logits, targets)
+    for n in range(4):
+        for k in range(3):
+            assert d[n, k].item() == pytest.approx(plain_dice(logits[n].numpy(), targets[k].numpy()), rel=1e-9)
+            assert f[n, k].item() == pytest.approx(plain_focal(logits[n].numpy(), targets[k].numpy()), rel=1e-9)
+
+
+def test_matcher_and_mask_loss_equal_brute_force_over_permutations():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        n, k, p = 5, 3, 24
+        logits = torch.randn(n, p, generator=g, dtype=torch.float64) * 3
+        targets = (torch.rand(k, p, generator=g) > 0.5).double()
+        cost = [
+            [
+                plain_dice(logits[i].numpy(), targets[j].numpy())
+                + 20 * plain_focal(logits[i].numpy(), targets[j].numpy())
+                for j in range(k)
+            ]
+            for i in range(n)
+        ]
+        best = min(itertools.permutations(range(n), k), key=lambda rows: sum(cost[r][j] for j, r in enumerate(rows)))
+        rows, cols = match(logits, targets, 1.0, 20.0, 0.25, 2.0)
+        assert sorted(zip(cols.tolist(), rows.tolist())) == [(j, best[j]) for j in range(k)]
+        loss = mask_loss(logits.view(1, n, 4, 6), [targets.view(k, 4, 6)])
+        expected = sum(cost[best[j]][j] for j in range(k)) / k
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_unmatched_predictions_are_not_penalised():
+    g = torch.Generator().manual_seed(2)
+    targets = (torch.rand(2, 1, 16, generator=g) > 0.5).float()
+    good = torch.where(targets.bool(), 8.0, -8.0)  # two near-perfect predictions
+    junk = torch.randn(3, 1, 16, generator=g)
+    a = mask_loss(torch.cat([good, junk]).view(1, 5, 1, 16), [targets])
+    b = mask_loss(torch.cat([good, junk * 5 + 1]).view(1, 5, 1, 16), [targets])
+    assert a.item() == pytest.approx(b.item(), abs=1e-7)
+    logits = torch.cat([good, junk]).view(1, 5, 1, 16).requires_grad_(True)
+    mask_loss(logits, [targets]).backward()
+    assert logits.grad[0, 2:].abs().max() == 0 and logits.grad[0, :2].abs().max() > 0
+
+
+def test_contrastive_loss_matches_plain_symmetric_infonce():
+    g = torch.Generator().manual_seed(3)
+    img = torch.nn.functional.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=1)
+    scale = torch.tensor(12.5, dtype=torch.float64)
+    sim = (img @ txt.T).numpy() * 12.5
+    i2t = np.mean([-sim[i, i] + math.log(np.exp(sim[i]).sum()) for i in range(5)])
+    t2i = np.mean([-sim[i, i] + math.log(np.exp(sim[:, i]).sum()) for i in range(5)])
+    assert contrastive_loss(img, txt, scale).item() == pytest.approx((i2t + t2i) / 2, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def _captions_seen(stream: CaptionStream, workers: int = 0) -> list[str]:
+    loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=workers, collate_fn=collate)
+    return [c for batch in loader for c in batch["captions"]]
+
+
+@pytest.fixture(scope="module")
+def caption_folder(tmp_path_factory):
+    pairs = make_captioned_scenes(10, seed=4, size=48)
+    pairs = [(s, f"{c} #{i}") for i, (s, c) in enumerate(pairs)]  # unique captions identify samples
+    return write_caption_folder(pairs, tmp_path_factory.mktemp("captions")), [c for _, c in pairs]
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 0), (1, 2), (2, 2)])
+def test_stream_splits_ranks_and_workers_without_duplicates(caption_folder, world, workers):
+    root, captions = caption_folder
+    source = open_source(root)
+    seen = []
+    for rank in range(world):
+        seen += _captions_seen(CaptionStream(source, 32, seed=1, buffer=3, rank=rank, world_size=world), workers)
+    assert sorted(seen) == sorted(captions)
+
+
+def test_stream_order_depends_on_epoch_and_resume_skips_exactly(caption_folder):
+    root, _ = caption_folder
+    stream = CaptionStream(open_source(root), 32, seed=1, buffer=4)
+    first = _captions_seen(stream)
+    stream.set_epoch(1)
+    second = _captions_seen(stream)
+    assert sorted(first) == sorted(second) and first != second
+    stream.set_epoch(1, skip={0: 3})
+    assert _captions_seen(stream) == second[3:]
+
+
+def test_shards_by_sample_and_by_shard_cover_everything(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), f"caption {i}") for i in range(9)]
+    write_shards(samples, tmp_path, per_shard=2)  # 5 shards
+    source = open_source(tmp_path)
+    assert source.kind == "shards" and len(source.shards) == 5
+    for world in (1, 2, 3, 5):  # 5 parts = by shard, the others by sample
+        seen = []
+        for rank in range(world):
+            seen += _captions_seen(CaptionStream(source, 32, seed=0, buffer=3, rank=rank, world_size=world))
+        assert sorted(seen) == sorted(c for _, c in samples)
+
+
+def test_bad_samples_are_counted_skips(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    good = [(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), f"ok {i}") for i in range(3)]
+    bad = [(b"not a jpeg at all", "corrupt image"), (good[0][0], "   ")]
+    write_shards(good + bad, tmp_path / "shards", per_shard=10)
+    stream = CaptionStream(open_source(tmp_path / "shards"), 32, buffer=2)
+    loader = torch.utils.data.DataLoader(stream, batch_size=2, collate_fn=collate)
+    batches = list(loader)
+    assert sorted(c for b in batches for c in b["captions"]) == ["ok 0", "ok 1", "ok 2"]
+    assert sum(b["skipped"] for b in batches) == 2
+    assert sum(len(b["positions"]) for b in batches) == 5  # skips use up their positions (exact resume)
+    err = capsys.readouterr().err
+    assert "empty caption" in err and "not a readable image" in err
+    # a caption file naming a missing image: skipped with a warning at open
+    (tmp_path / "c").mkdir()
+    from PIL import Image
+
+    Image.fromarray(good[0][0]).save(tmp_path / "c" / "a.png")
+    (tmp_path / "c" / "captions.jsonl").write_text(
+        json.dumps({"image": "a.png", "caption": "x"}) + "\n" + json.dumps({"image": "gone.png", "caption": "y"}) + "\n"
+    )
+    source = open_source(tmp_path / "c")
+    assert source.missing == 1 and len(source.records) == 1
+    assert "gone.png not found" in capsys.readouterr().err
+
+
+def test_unusable_data_gives_one_line_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        open_source(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="neither"):
+        open_source(tmp_path / "empty")
+    (tmp_path / "c.csv").write_text("path,text\na.png,x\n")
+    with pytest.raises(InputError, match="header"):
+        open_source(tmp_path / "c.csv")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"image": "missing.png", "caption": "x"}) + "\n")
+    with pytest.raises(InputError, match="no row names an existing image"):
+        open_source(tmp_path / "d.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# training, inference, commands
+# ---------------------------------------------------------------------------------------------
+
+SHARED_ARGS = ("--method", "--out", "--clip", "--dino", "--sam", "--device", "--checkpoint")
+
+
+def _parser(command: str = "train", method: str = "sseg") -> argparse.ArgumentParser:
+    from ovss.methods.base import get_method_spec
+
+    p = argparse.ArgumentParser()
+    for name in SHARED_ARGS:
+        p.add_argument(name)
+    p.add_argument("--set", action="append", type=lambda s: (s.split("=", 1)[0], _literal(s.split("=", 1)[1])))
+    get_method_spec(method).commands[command].add_arguments(p)
+    return p
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _run(argv: list[str], command: str = "train", method: str = "sseg") -> int:
+    from ovss.methods.base import get_method_spec
+
+    args = _parser(command, method).parse_args(argv)
+    return get_method_spec(method).commands[command].run(args)
+
+
+def _sets(settings: dict) -> list[str]:
+    out = []
+    for k, v in settings.items():
+        out += ["--set", f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"]
+    return out
+
+
+def test_train_command_on_caption_folder_then_segment(caption_folder, tmp_path):
+    import ovss
+    from ovss.checkpoints import load_checkpoint
+
+    root, _ = caption_folder
+    run = tmp_path / "run"
+    rc = _run(
+        [
+            "--data",
+            str(root),
+            "--out",
+            str(run),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *_sets(TINY),
+            "--set",
+            "max_steps=3",
+        ]
+    )
+    assert rc == 0
+    ckpt = load_checkpoint(run, method="sseg")
+    assert ckpt.extra["step"] == 3 and ckpt.settings["max_steps"] == 3 and ckpt.extra["faithful"]
+    lines = [json.loads(x) for x in (run / "loss_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and all(math.isfinite(x["mask"] + x["contrastive"]) for x in lines)
+    scene = make_captioned_scenes(1, seed=99, size=48)[0][0]
+    result = ovss.Segmenter("sseg", checkpoint=str(run), device="cpu", window=None).segment(
+        scene.image, "red; blue; green", background="threshold", return_probs=True
+    )
+    assert result.labels.shape == scene.labels.shape and result.probs.shape == (4, 48, 48)
+    assert np.allclose(result.probs[1:].sum(0), 1.0, atol=1e-4)  # a mixture over the named classes
+    with pytest.raises(InputError, match="no class names"):
+        ovss.Segmenter("sseg", checkpoint=str(run), device="cpu").segment(scene.image, " ; ")
+    with pytest.raises(InputError, match="checkpoint"):
+        ovss.Segmenter("sseg", device="cpu")
+
+
+def test_train_on_shards_of_real_photos_then_label_one(evaldata, tmp_path):
+    import ovss
+    from ovss.io import load_image
+
+    photos = sorted((evaldata / "vainf_voc_samples" / "samples").glob("*_image.png"))[:6]
+    samples = [(load_image(p), f"a photo number {i}") for i, p in enumerate(photos)]
+    write_shards(samples, tmp_path / "shards", per_shard=2)
+    run = tmp_path / "run"
+    assert (
+        _run(
+            [
+                "--data",
+                str(tmp_path / "shards"),
+                "--out",
+                str(run),
+                "--device",
+                "cpu",
+                "--no-progress",
+                *_sets(TINY),
+                "--set",
+                "max_steps=2",
+            ]
+        )
+        == 0
+    )
+    result = ovss.Segmenter("sseg", checkpoint=str(run), device="cpu").segment(str(photos[0]), "person; dog; sofa")
+    assert result.labels.shape == samples[0][0].shape[:2] and set(np.unique(result.labels)) <= {0, 1, 2}
+
+
+def test_no_training_step_is_an_error_and_writes_no_checkpoint(tmp_path):
+    write_shards([(b"broken", "a caption"), (b"\xff\xd8 also broken", "another")], tmp_path / "shards")
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match="no training step"):
+        _run(["--data", str(tmp_path / "shards"), "--out", str(run), "--device", "cpu", "--no-progress", *_sets(TINY)])
+    assert not (run / "config.json").exists() and not (run / "model.safetensors").exists()
+
+
+def test_settings_are_validated_with_one_line_errors():
+    from ovss.methods.sseg.train import make_train_settings
+
+    with pytest.raises(InputError, match="no setting 'bogus'"):
+        make_train_settings({"bogus": 1})
+    with pytest.raises(InputError, match="num_queries"):
+        make_train_settings({"num_queries": 0})
+    with pytest.raises(InputError, match="precision"):
+        make_train_settings({"precision": "fp8"})
+    with pytest.raises(InputError, match="recipe"):
+        make_train_settings({"recipe": "huge"})
+    paper, small = make_train_settings({}), make_train_settings({"recipe": "small"})
+    assert (paper.batch_size, paper.epochs, paper.lr, paper.num_queries, paper.k) == (4096, 30, 5e-4, 64, 8)
+    assert small.batch_size == 512 and make_train_settings({"recipe": "small", "batch_size": 64}).batch_size == 64
+
+
+def test_groupvit_family_is_registered():
+    from ovss.protocols import resolve
+
+    voc = resolve("groupvit", "voc21")
+    assert voc.settings["prob_thd"] == 0.95 and voc.background == "threshold" and voc.settings["window"] == (448, 224)
+    assert resolve("groupvit", "pc60").settings["prob_thd"] == 0.35
+    assert sseg_pkg.GROUPVIT_FAMILY["templates"]["default"] == "simple"
