@@ -352,3 +352,142 @@ def test_groupvit_family_is_registered():
     assert voc.settings["prob_thd"] == 0.95 and voc.background == "threshold" and voc.settings["window"] == (448, 224)
     assert resolve("groupvit", "pc60").settings["prob_thd"] == 0.35
     assert sseg_pkg.GROUPVIT_FAMILY["templates"]["default"] == "simple"
+
+
+# ---------------------------------------------------------------------------------------------
+# kill -9 resume and torchrun (subprocesses, bounded in time)
+# ---------------------------------------------------------------------------------------------
+
+SRC = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
+
+TRAIN_SCRIPT = """
+import json, sys
+from ovss.methods.sseg.train import make_train_settings, train_sseg
+from ovss.testing.standins import SyntheticDINO
+settings = make_train_settings(json.loads(sys.argv[3]))
+train_sseg(sys.argv[1], sys.argv[2], settings, dino=SyntheticDINO(), device="cpu", progress=False)
+"""
+
+
+def _env():
+    import os
+
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _tensors(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_kill_9_during_training_resumes_to_the_same_weights(caption_folder, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = caption_folder
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    settings = json.dumps({**TINY, "batch_size": 2, "max_steps": 8, "epochs": 3, "save_every": 1})
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    subprocess.run([sys.executable, str(script), str(root), str(full), settings], env=_env(), check=True, timeout=240)
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(resumed), settings], env=_env(),
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 200
+    state = resumed / "state" / "trainer.pt"
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists():
+            try:
+                if torch.load(state, weights_only=True)["step"] >= 3:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert killed, "the run finished before it could be killed"
+    assert torch.load(state, weights_only=True)["step"] < 8
+    subprocess.run(
+        [sys.executable, str(script), str(root), str(resumed), settings], env=_env(), check=True, timeout=240
+    )
+    a, b = _tensors(full), _tensors(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [json.loads(x)["step"] for x in (resumed / "loss_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # no step logged twice
+    full_log = [json.loads(x) for x in (full / "loss_log.jsonl").read_text().splitlines()]
+    resumed_log = [json.loads(x) for x in (resumed / "loss_log.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in full_log] == [x["loss"] for x in resumed_log]
+
+
+TORCHRUN_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+from ovss.methods.sseg.losses import contrastive_loss, gather_with_grad
+from ovss.methods.sseg.train import make_train_settings, train_sseg
+from ovss.testing.standins import SyntheticDINO
+
+settings = make_train_settings(json.loads(sys.argv[3]))
+result = train_sseg(sys.argv[1], sys.argv[2], settings, dino=SyntheticDINO(), device="cpu", progress=False)
+rank, world = dist.get_rank(), dist.get_world_size()
+flat = torch.cat([p.detach().flatten() for p in result["model"].parameters()])
+# negatives: rank r holds r + 1 rows; every rank must see all rows, and gradients reach the owner
+g = torch.Generator().manual_seed(rank)
+img = torch.nn.functional.normalize(torch.randn(rank + 1, 8, generator=g, dtype=torch.float64), dim=1)
+txt = torch.nn.functional.normalize(torch.randn(rank + 1, 8, generator=g, dtype=torch.float64), dim=1)
+img.requires_grad_(True)
+gathered, offset = gather_with_grad(img)
+loss = contrastive_loss(img, txt, torch.tensor(10.0, dtype=torch.float64))
+(gathered.sum() * 0 + loss).backward()
+out = {"rank": rank, "steps": result["steps"], "params": flat.tolist()[:50], "checksum": float(flat.double().sum()),
+       "gathered": gathered.detach().tolist(), "offset": offset, "img": img.detach().tolist(),
+       "txt": txt.tolist(), "loss": loss.item(), "grad": img.grad.tolist()}
+json.dump(out, open(f"{sys.argv[4]}/rank{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # about 45 s on 2 shared cores: two interpreters import transformers and torch.distributed
+def test_torchrun_two_processes_gather_negatives_and_stay_identical(caption_folder, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    root, _ = caption_folder
+    script = tmp_path / "ddp.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = json.dumps({**TINY, "batch_size": 4, "max_steps": 2})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(script), str(root), str(tmp_path / "run"), settings, str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 2
+    assert r0["checksum"] == r1["checksum"] and r0["params"] == r1["params"]  # DDP kept the replicas equal
+    assert r0["gathered"] == r1["gathered"] == r0["img"] + r1["img"]  # 1 + 2 rows from both ranks
+    assert (r0["offset"], r1["offset"]) == (0, 1)
+    # rank 0's loss: its row against all three texts, plain formula
+    all_img = np.array(r0["img"] + r1["img"])
+    all_txt = np.array(r0["txt"] + r1["txt"])
+    for r, rank_out in ((0, r0), (1, r1)):
+        rows = range(0, 1) if r == 0 else range(1, 3)
+        i2t = np.mean(
+            [-10 * all_img[i] @ all_txt[i] + math.log(np.exp(10 * all_img[i] @ all_txt.T).sum()) for i in rows]
+        )
+        t2i = np.mean(
+            [-10 * all_txt[i] @ all_img[i] + math.log(np.exp(10 * all_txt[i] @ all_img.T).sum()) for i in rows]
+        )
+        assert rank_out["loss"] == pytest.approx((i2t + t2i) / 2, rel=1e-9)
+    # rank 1's loss depends on rank 0's image row: its gradient must arrive on rank 0 (all_gather with grad)
+    assert np.abs(np.array(r0["grad"])).sum() > 0
+    from ovss.checkpoints import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run", method="sseg").extra["step"] == 2

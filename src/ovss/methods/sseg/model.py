@@ -146,6 +146,11 @@ class SSegModel(nn.Module):
             mask_feature_size=config.hidden,
         )
         self.maskformer = MaskFormerModel(mf)
+        # MaskFormer reads the Swin stage outputs; the backbone's final LayerNorm never runs, so it is
+        # frozen (DistributedDataParallel refuses parameters that receive no gradient)
+        final_norm = getattr(getattr(self.maskformer.pixel_level_module.encoder, "model", None), "layernorm", None)
+        if final_norm is not None:
+            final_norm.requires_grad_(False)
         # MaskFormer's 3-layer mask-embedding head (Cheng et al., NeurIPS 2021)
         self.mask_embedder = _mlp([config.hidden] * 4)
         self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim])  # 2-layer MLP

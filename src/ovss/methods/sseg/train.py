@@ -29,7 +29,7 @@ from ...errors import InputError
 from ...io import atomic_path
 from .data import CaptionStream, collate, count_samples, open_source
 from .losses import contrastive_loss, mask_loss
-from .model import ModelConfig, SSegModel
+from .model import BACKBONE_PRESETS, ModelConfig, SSegModel
 from .pseudo import pseudo_masks
 
 METHOD = "sseg"
@@ -351,7 +351,12 @@ def train_sseg(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     net: torch.nn.Module = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # other backbones than the Swin presets may hold parameters the feature maps never use
+        net = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=settings.backbone not in BACKBONE_PRESETS,
+        )
 
     run = Path(out)
     signature = {
