@@ -8,6 +8,7 @@ import argparse
 import itertools
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -393,8 +394,9 @@ def test_kill_9_during_training_resumes_to_the_same_weights(caption_folder, tmp_
     settings = json.dumps({**TINY, "batch_size": 2, "max_steps": 8, "epochs": 3, "save_every": 1})
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     subprocess.run([sys.executable, str(script), str(root), str(full), settings], env=_env(), check=True, timeout=240)
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(resumed), settings], env=_env(),
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(root), str(resumed), settings], env=_env(), stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 200
     state = resumed / "state" / "trainer.pt"
     while time.time() < deadline and proc.poll() is None:
@@ -465,8 +467,20 @@ def test_torchrun_two_processes_gather_negatives_and_stay_identical(caption_fold
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = json.dumps({**TINY, "batch_size": 4, "max_steps": 2})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(script), str(root), str(tmp_path / "run"), settings, str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(script),
+        str(root),
+        str(tmp_path / "run"),
+        settings,
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=_env(), timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -491,3 +505,141 @@ def test_torchrun_two_processes_gather_negatives_and_stay_identical(caption_fold
     from ovss.checkpoints import load_checkpoint
 
     assert load_checkpoint(tmp_path / "run", method="sseg").extra["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# pseudo-mask cache and S-Seg+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher_run(caption_folder, tmp_path_factory):
+    from ovss.methods.sseg.train import make_train_settings, train_sseg
+    from ovss.testing.standins import SyntheticDINO
+
+    root, _ = caption_folder
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    train_sseg(
+        root, run, make_train_settings({**TINY, "max_steps": 2}), dino=SyntheticDINO(), device="cpu", progress=False
+    )
+    return run
+
+
+def test_pseudo_label_cache_is_sharded_resumable_and_cropped_like_the_images(caption_folder, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ovss.masks.kmeans import KMeansMaskGenerator
+    from ovss.methods.sseg.data import square_crop
+    from ovss.methods.sseg.pseudo import cache_path, cached_masks
+    from ovss.models.dino import load_dino
+
+    root, _ = caption_folder
+    cache = tmp_path / "cache"
+    sets = ["--set", "k=3", "--set", "dino_size=56"]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (
+        _run(["--data", str(root), "--out", str(cache), "--no-progress", "--device", "cpu", *sets], "pseudo-label") == 0
+    )
+    assert len(list(cache.rglob("*.png"))) == 5  # every second sample
+    monkeypatch.setenv("RANK", "0")
+    assert (
+        _run(["--data", str(root), "--out", str(cache), "--no-progress", "--device", "cpu", *sets], "pseudo-label") == 0
+    )
+    assert len(list(cache.rglob("*.png"))) == 10
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(InputError, match="other settings"):
+        _run(["--data", str(root), "--out", str(cache), "--no-progress", "--set", "k=4"], "pseudo-label")
+    # one cached map equals the k-means generator's map of the full image
+    source = open_source(root)
+    path, _ = source.records[0]
+    image = np.array(Image.open(path).convert("RGB"))
+    expected = KMeansMaskGenerator(load_dino("tiny-random"), k=3, short_side=56).cluster_map(image)
+    with Image.open(cache_path(cache, path)) as im:
+        assert np.array_equal(np.array(im), expected)
+    # the crop of the cached map follows the image crop (plain numpy nearest resize and slicing)
+    pixels, box = square_crop(image, 32, random.Random(5))
+    nh, nw, y0, x0 = box
+    rows = np.floor(np.arange(nh) * expected.shape[0] / nh).astype(int)
+    cols = np.floor(np.arange(nw) * expected.shape[1] / nw).astype(int)
+    crop = expected[rows][:, cols][y0 : y0 + 32, x0 : x0 + 32]
+    masks = cached_masks(cache, [path], [box], 32, (32, 32))[0]
+    ids = np.unique(crop)
+    assert masks.shape == (len(ids), 32, 32)
+    for m, c in zip(masks.numpy(), ids):
+        assert np.array_equal(m, crop == c)
+    assert pixels.shape == (3, 32, 32)
+    run = tmp_path / "run"
+    assert (
+        _run(
+            [
+                "--data",
+                str(root),
+                "--out",
+                str(run),
+                "--no-progress",
+                "--device",
+                "cpu",
+                *_sets(TINY),
+                "--set",
+                "max_steps=1",
+                "--set",
+                f"pseudo_cache={str(cache)!r}",
+            ]
+        )
+        == 0
+    )
+
+
+def test_sseg_plus_trains_on_teacher_labels_and_segments_with_its_classes(caption_folder, teacher_run, tmp_path):
+    import ovss
+    from ovss.checkpoints import load_checkpoint
+
+    root, _ = caption_folder
+    run = tmp_path / "plus"
+    argv = [
+        "--images",
+        str(root / "images"),
+        "--teacher",
+        str(teacher_run),
+        "--classes",
+        "red; green; blue",
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "backbone='convnext-test'",
+        "--set",
+        "size=32",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "hidden=16",
+        "--set",
+        "short_side=32",
+        "--set",
+        "rounds=2",
+    ]
+    assert _run(argv, method="sseg-plus") == 0
+    ckpt = load_checkpoint(run, method="sseg-plus")
+    assert ckpt.extra["vocabulary"]["names"] == ["red", "green", "blue"] and ckpt.extra["round"] == 2
+    assert len(list((run / "labels" / "round1").glob("*.png"))) == 10
+    assert len(list((run / "labels" / "round2").glob("*.png"))) == 10
+    # round 1 labels are the teacher's own predictions
+    teacher = ovss.Segmenter("sseg", checkpoint=str(teacher_run), device="cpu")
+    from PIL import Image
+
+    first = sorted((root / "images").glob("*.png"))[0]
+    with Image.open(run / "labels" / "round1" / "000000.png") as im:
+        assert np.array_equal(np.array(im), teacher.segment(str(first), "red; green; blue").labels)
+    seg = ovss.Segmenter("sseg-plus", checkpoint=str(run), device="cpu")
+    result = seg.segment(str(first))
+    assert result.labels.shape == (48, 48) and set(np.unique(result.labels)) <= {0, 1, 2}
+    assert result.class_names == ["red", "green", "blue"]
+    with pytest.raises(InputError, match="only the classes it was trained on"):
+        seg.segment(str(first), "cat; dog")

@@ -159,12 +159,38 @@ class SSegMethod(Method):
         return MethodOutput(labels.numpy(), None if probs is None else probs.numpy())
 
 
-def _train_command() -> Command:
-    from .cli import add_train_arguments, run_train
+def _command(kind: str) -> Command:
+    from . import cli
 
+    if kind == "plus":
+        return Command(
+            "label the target images with S-Seg, then train a UperNet on them (S-Seg+)",
+            cli.add_plus_arguments,
+            cli.run_plus,
+        )
+    if kind == "pseudo":
+        return Command(
+            "precompute S-Seg's k-means pseudo-masks of a caption dataset into a cache",
+            cli.add_pseudo_arguments,
+            cli.run_pseudo,
+        )
     return Command(
-        "train S-Seg from image-caption pairs (captions file or webdataset shards)", add_train_arguments, run_train
+        "train S-Seg from image-caption pairs (captions file or webdataset shards)",
+        cli.add_train_arguments,
+        cli.run_train,
     )
+
+
+def _make_plus(backbones, settings, device, checkpoint=None):
+    from .plus import SSegPlusMethod
+
+    return SSegPlusMethod(backbones, settings, device, checkpoint=checkpoint)
+
+
+def _plus_settings():
+    from .plus import PlusInferenceSettings
+
+    return PlusInferenceSettings()
 
 
 register_family("groupvit", GROUPVIT_FAMILY)
@@ -179,6 +205,20 @@ register_method(
         family="groupvit",
         tier="trained",
         checkpoint="required",
-        commands={"train": _train_command()},
+        commands={"train": _command("train"), "pseudo-label": _command("pseudo")},
+    )
+)
+register_method(
+    MethodSpec(
+        "sseg-plus",
+        "S-Seg+: a UperNet self-trained on S-Seg's labels of the target images (fixed class list)",
+        _make_plus,
+        _plus_settings(),
+        (),
+        "Lai, CVPR 2025, arXiv 2401.12217 (S-Seg+)",
+        family="groupvit",
+        tier="trained",
+        checkpoint="required",
+        commands={"train": _command("plus")},
     )
 )

@@ -119,6 +119,21 @@ def count_samples(source: Source) -> int:
     return total
 
 
+def iter_samples(source: Source) -> Iterator[tuple[str, Any, Any]]:
+    """Every ``(key, image, caption)`` in file order (no shuffling): for precomputing per-sample caches."""
+    if source.kind == "captions":
+        for path, caption in source.records:
+            yield path, path, caption
+        return
+    for shard in source.shards:
+        yield from _counted(shard, _tar_samples(shard))
+
+
+def decode_image(image: Any) -> np.ndarray:
+    """A record's image (a path or raw bytes) as ``(H, W, 3) uint8``; InputError if unreadable."""
+    return load_image(image if isinstance(image, str) else _pil(image))
+
+
 def _tar_samples(shard: Path, warn: bool = True) -> Iterator[tuple[str, bytes | None, str | None]]:
     """``(key, image bytes, caption)`` per sample key of a tar, in file order (streamed)."""
     current: str | None = None
@@ -150,7 +165,7 @@ def _tar_samples(shard: Path, warn: bool = True) -> Iterator[tuple[str, bytes | 
 
 
 class CaptionStream(torch.utils.data.IterableDataset):
-    """Yields ``(pixels uint8 (3, S, S), caption, part, position)``; see the module docstring."""
+    """Yields ``(pixels uint8 (3, S, S), caption, part, position, key, crop box)``; see the module docstring."""
 
     def __init__(
         self, source: Source, size: int, seed: int = 0, buffer: int = 1000, rank: int = 0, world_size: int = 1
@@ -217,11 +232,11 @@ class CaptionStream(torch.utils.data.IterableDataset):
                 continue
             sample = self._decode(key, image, caption)
             if sample is not None:
-                yield sample[0], sample[1], part, position
-            else:
-                yield torch.zeros(0, dtype=torch.uint8), "", part, position  # a skip still uses its position
+                yield sample[0], sample[1], part, position, key, sample[2]
+            else:  # a skip still uses its position
+                yield torch.zeros(0, dtype=torch.uint8), "", part, position, key, ()
 
-    def _decode(self, key: str, image: Any, caption: Any) -> tuple[torch.Tensor, str] | None:
+    def _decode(self, key: str, image: Any, caption: Any) -> tuple[torch.Tensor, str, tuple[int, ...]] | None:
         caption = " ".join(str(caption or "").split())
         if not caption:
             _warn(f"sample {key}: empty caption")
@@ -230,12 +245,13 @@ class CaptionStream(torch.utils.data.IterableDataset):
             _warn(f"sample {key}: no image")
             return None
         try:
-            arr = load_image(image if isinstance(image, str) else _pil(image))
+            arr = decode_image(image)
         except InputError as e:
             _warn(f"sample {key}: {e}")
             return None
         rng = random.Random(f"{self.seed}-{self.epoch}-{key}-crop")
-        return square_crop(arr, self.size, rng), caption
+        pixels, box = square_crop(arr, self.size, rng)
+        return pixels, caption, box
 
 
 def _pil(data: bytes):
@@ -263,8 +279,9 @@ def _warn(message: str) -> None:
     print(f"ovss: warning: {message} (skipped)", file=sys.stderr)
 
 
-def square_crop(image: np.ndarray, size: int, rng: random.Random) -> torch.Tensor:
-    """Resize the short side to ``size`` (bilinear, antialiased), then a random ``size`` x ``size`` crop."""
+def square_crop(image: np.ndarray, size: int, rng: random.Random) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Resize the short side to ``size`` (bilinear, antialiased), then a random ``size`` x ``size`` crop.
+    Returns the crop and its geometry ``(resized h, resized w, top, left)`` (to crop cached masks alike)."""
     import torch.nn.functional as F
 
     h, w = image.shape[:2]
@@ -273,15 +290,17 @@ def square_crop(image: np.ndarray, size: int, rng: random.Random) -> torch.Tenso
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
     y0, x0 = rng.randint(0, nh - size), rng.randint(0, nw - size)
-    return x[:, y0 : y0 + size, x0 : x0 + size].round().clamp(0, 255).to(torch.uint8)
+    return x[:, y0 : y0 + size, x0 : x0 + size].round().clamp(0, 255).to(torch.uint8), (nh, nw, y0, x0)
 
 
-def collate(batch: list[tuple[torch.Tensor, str, int, int]]) -> dict[str, Any]:
+def collate(batch: list[tuple[Any, ...]]) -> dict[str, Any]:
     """Keep the decodable samples; positions of all of them (skips included) go to the resume state."""
     good = [b for b in batch if b[0].numel()]
     return {
         "pixels": torch.stack([b[0] for b in good]) if good else torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
         "captions": [b[1] for b in good],
         "positions": [(b[2], b[3]) for b in batch],
+        "keys": [b[4] for b in good],
+        "boxes": [b[5] for b in good],
         "skipped": len(batch) - len(good),
     }

@@ -30,7 +30,7 @@ from ...io import atomic_path
 from .data import CaptionStream, collate, count_samples, open_source
 from .losses import contrastive_loss, mask_loss
 from .model import BACKBONE_PRESETS, ModelConfig, SSegModel
-from .pseudo import pseudo_masks
+from .pseudo import cached_masks, pseudo_masks
 
 METHOD = "sseg"
 STATE = "state"
@@ -64,6 +64,7 @@ class SSegTrainSettings:
     k: int = 8  # paper: K = 8
     dino_size: int = 448  # unknown: DINO input side (448 -> 56x56 tokens at patch 8)
     kmeans_iters: int = 100  # unknown
+    pseudo_cache: str | None = None  # a folder from `ovss pseudo-label --method sseg`; None = k-means online
     # losses
     dice_weight: float = 1.0  # paper
     focal_weight: float = 20.0  # paper
@@ -340,7 +341,7 @@ def train_sseg(
     total_steps, factor = _schedule(settings, steps_per_epoch)
 
     dino_name = dino if isinstance(dino, str) else getattr(dino, "name", type(dino).__name__)
-    dino = load_backbone("dino", dino, dev)
+    dino = None if settings.pseudo_cache else load_backbone("dino", dino, dev)
     clip = None
     if settings.text.startswith("clip:"):
         clip = load_backbone("clip", settings.text.split(":", 1)[1], dev)
@@ -420,7 +421,19 @@ def train_sseg(
             pixels_u8 = batch["pixels"]
             sync = (micro_count + 1) % settings.accumulate == 0
             loss_terms = _micro_step(
-                net, model, pixels_u8, captions, dino, settings, mask_size, dev, world, sync, autocast
+                net,
+                model,
+                pixels_u8,
+                captions,
+                batch["keys"],
+                batch["boxes"],
+                dino,
+                settings,
+                mask_size,
+                dev,
+                world,
+                sync,
+                autocast,
             )
             if loss_terms is None:  # every sample of this micro-batch was skipped (single process)
                 continue
@@ -509,16 +522,19 @@ def train_sseg(
     }
 
 
-def _micro_step(net, model, pixels_u8, captions, dino, settings, mask_size, dev, world, sync, autocast):
+def _micro_step(net, model, pixels_u8, captions, keys, boxes, dino, settings, mask_size, dev, world, sync, autocast):
     import contextlib
 
     if len(captions) == 0 and world == 1:
         return None
-    targets = (
-        pseudo_masks(dino, pixels_u8, settings.k, settings.dino_size, mask_size, settings.kmeans_iters, settings.seed)
-        if len(captions)
-        else []
-    )
+    if not len(captions):
+        targets = []
+    elif settings.pseudo_cache:
+        targets = cached_masks(Path(settings.pseudo_cache), keys, boxes, settings.size, mask_size)
+    else:
+        targets = pseudo_masks(
+            dino, pixels_u8, settings.k, settings.dino_size, mask_size, settings.kmeans_iters, settings.seed
+        )
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     if len(captions):
