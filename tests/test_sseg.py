@@ -643,3 +643,47 @@ def test_sseg_plus_trains_on_teacher_labels_and_segments_with_its_classes(captio
     assert result.class_names == ["red", "green", "blue"]
     with pytest.raises(InputError, match="only the classes it was trained on"):
         seg.segment(str(first), "cat; dog")
+
+
+# ---------------------------------------------------------------------------------------------
+# real weights: k-means pseudo-masks of a real DINOv2 against a random one
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two ViT-S forwards at 448 on 4 photos; minutes on shared CPUs
+def test_real_dinov2_kmeans_pseudo_masks_beat_random_weights(evaldata):
+    import sys
+    from pathlib import Path
+
+    model_dir = evaldata.parent / "models" / "dinov2-small-imgfocus"
+    if not (model_dir / "model.safetensors").is_file():
+        pytest.skip(f"real DINOv2 not found at {model_dir}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import sseg_pseudo_oracle as oracle
+    from ovss.models.dino import load_dino
+
+    pairs = oracle.voc_pairs(4)
+    real, _ = oracle.oracle_miou(load_dino(str(model_dir)), pairs, k=8)
+    rand, _ = oracle.oracle_miou(oracle.random_dino_like(model_dir), pairs, k=8)
+    assert real > rand + 0.1, (real, rand)
+
+
+def test_oracle_labelling_matches_a_plain_majority_vote():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import sseg_pseudo_oracle as oracle
+
+    rng = np.random.default_rng(0)
+    clusters = rng.integers(0, 4, (12, 12))
+    truth = rng.integers(0, 3, (12, 12))
+    truth[0, :6] = 255
+    out = oracle.oracle_labels(clusters, truth)
+    for c in range(4):
+        votes = {}
+        for y, x in zip(*np.nonzero(clusters == c)):
+            if truth[y, x] != 255:
+                votes[truth[y, x]] = votes.get(truth[y, x], 0) + 1
+        best = max(sorted(votes), key=lambda v: votes[v])
+        assert (out[clusters == c] == best).all()
