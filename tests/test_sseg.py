@@ -687,3 +687,24 @@ def test_oracle_labelling_matches_a_plain_majority_vote():
                 votes[truth[y, x]] = votes.get(truth[y, x], 0) + 1
         best = max(sorted(votes), key=lambda v: votes[v])
         assert (out[clusters == c] == best).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the synthetic proof (small version of bench/sseg_synthetic.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # three small trainings and an S-Seg+ run: minutes on a CPU
+def test_synthetic_world_sseg_names_regions_and_controls_cannot(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import sseg_synthetic as bench
+
+    results = bench.run(True, tmp_path, ["sseg_mlp_then_mean", "no_contrastive"], "sseg_mlp_then_mean")
+    chance = 1 / len(bench.COLOURS)
+    sseg, control, plus = results["sseg_mlp_then_mean"], results["no_contrastive"], results["sseg_mlp_then_mean_plus"]
+    assert sseg["pixel_acc"] > chance + 0.1, results
+    assert sseg["pixel_acc"] > control["pixel_acc"] + 0.1, results
+    assert plus["pixel_acc"] >= sseg["pixel_acc"] - 0.05, results
