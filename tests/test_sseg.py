@@ -322,6 +322,18 @@ def test_train_on_shards_of_real_photos_then_label_one(evaldata, tmp_path):
     assert result.labels.shape == samples[0][0].shape[:2] and set(np.unique(result.labels)) <= {0, 1, 2}
 
 
+def test_bf16_and_gradient_accumulation_run_and_count_optimisation_steps(caption_folder, tmp_path):
+    from ovss.methods.sseg.train import make_train_settings, train_sseg
+    from ovss.testing.standins import SyntheticDINO
+
+    root, _ = caption_folder
+    settings = make_train_settings({**TINY, "precision": "bf16", "accumulate": 2, "epochs": 1})
+    result = train_sseg(root, tmp_path / "run", settings, dino=SyntheticDINO(), device="cpu", progress=False)
+    assert result["steps"] == 10 // 4  # two micro-batches of 2 per step; the incomplete last one is dropped
+    log = [json.loads(x) for x in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(math.isfinite(x["loss"]) for x in log)
+
+
 def test_no_training_step_is_an_error_and_writes_no_checkpoint(tmp_path):
     write_shards([(b"broken", "a caption"), (b"\xff\xd8 also broken", "another")], tmp_path / "shards")
     run = tmp_path / "run"
@@ -708,3 +720,20 @@ def test_synthetic_world_sseg_names_regions_and_controls_cannot(tmp_path):
     assert sseg["pixel_acc"] > chance + 0.1, results
     assert sseg["pixel_acc"] > control["pixel_acc"] + 0.1, results
     assert plus["pixel_acc"] >= sseg["pixel_acc"] - 0.05, results
+
+
+def test_a_tar_without_images_is_reported_and_skipped(tmp_path, capsys):
+    import io
+    import tarfile
+
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for i in range(3):
+            data = f"caption {i}".encode()
+            info = tarfile.TarInfo(f"{i:05d}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    batches = list(
+        torch.utils.data.DataLoader(CaptionStream(open_source(tmp_path), 32), batch_size=2, collate_fn=collate)
+    )
+    assert sum(len(b["captions"]) for b in batches) == 0 and sum(b["skipped"] for b in batches) == 3
+    assert "holds no images" in capsys.readouterr().err
