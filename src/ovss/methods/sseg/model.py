@@ -41,6 +41,9 @@ class ModelConfig:
     hidden: int = 256  # decoder width = pixel-embedding width (MaskFormer's default)
     decoder_heads: int = 8
     embed_dim: int = 256  # joint image-text space
+    # what a "mask feature" is (unknown): "pooled" = the pixel-decoder embeddings averaged under the
+    # mask's sigmoid, "queries" = the transformer decoder's query outputs (MaskFormer's mask embeddings)
+    mask_features: str = "pooled"
     text: str = "scratch"  # "scratch" (faithful) | "clip:NAME" (frozen pretrained CLIP text tower, non-faithful)
     text_layers: int = 12
     text_width: int = 256
@@ -67,6 +70,8 @@ class ModelConfig:
                 raise InputError(f"setting {name}={value!r} must be a positive integer")
         if self.hidden % self.decoder_heads or self.text_width % self.text_heads:
             raise InputError("hidden must be a multiple of decoder_heads and text_width of text_heads")
+        if self.mask_features not in ("pooled", "queries"):
+            raise InputError(f"setting mask_features={self.mask_features!r} must be 'pooled' or 'queries'")
         if not (self.text == "scratch" or self.text.startswith("clip:")):
             raise InputError(f"setting text={self.text!r} must be 'scratch' or 'clip:NAME' (a CLIP id or folder)")
         if not 0 < self.temperature_init < 1:
@@ -114,12 +119,12 @@ def build_tokenizer(spec: str = "bytes"):
         ) from None
 
 
-def _mlp(dims: list[int]) -> nn.Sequential:
+def _mlp(dims: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(dims) - 1):
         layers.append(nn.Linear(dims[i], dims[i + 1]))
         if i < len(dims) - 2:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(activation())
     return nn.Sequential(*layers)
 
 
@@ -152,8 +157,10 @@ class SSegModel(nn.Module):
         if final_norm is not None:
             final_norm.requires_grad_(False)
         # MaskFormer's 3-layer mask-embedding head (Cheng et al., NeurIPS 2021)
-        self.mask_embedder = _mlp([config.hidden] * 4)
-        self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim])  # 2-layer MLP
+        self.mask_embedder = _mlp([config.hidden] * 4, nn.ReLU)
+        # the paper's 2-layer projections, with GELU (unknown; a ReLU projection collapsed to a constant
+        # embedding in the synthetic world, its dead units never recovering)
+        self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim])
         self.tokenizer = build_tokenizer(config.tokenizer) if clip is None else clip.tokenizer
         if config.text == "scratch":
             tok = self.tokenizer
@@ -193,7 +200,11 @@ class SSegModel(nn.Module):
         queries = out.transformer_decoder_last_hidden_state
         pixel_embeddings = out.pixel_decoder_last_hidden_state
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embedder(queries), pixel_embeddings)
-        return masks, queries
+        if self.config.mask_features == "queries":
+            return masks, queries
+        weights = masks.sigmoid()
+        pooled = torch.einsum("bqhw,bchw->bqc", weights, pixel_embeddings)
+        return masks, pooled / weights.sum((2, 3))[..., None].clamp(min=1e-6)
 
     def image_embedding(self, mask_features: torch.Tensor, pooling: str = "mean_then_mlp") -> torch.Tensor:
         """One L2-normalised embedding per image from its ``(B, N, hidden)`` mask features."""
