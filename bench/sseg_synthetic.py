@@ -91,7 +91,7 @@ def evaluate(run: Path, method: str, test) -> dict[str, float]:
 VARIANTS = {
     "sseg": {},
     "sseg_mlp_then_mean": {"pooling": "mlp_then_mean"},
-    "sseg_query_features": {"mask_features": "queries"},
+    "sseg_pooled_features": {"mask_features": "pooled"},
     "no_contrastive": {"contrastive_weight": 0.0},
     "shuffled_captions": {"shuffle_captions": True},
 }

@@ -51,7 +51,7 @@ class SSegTrainSettings:
     hidden: int = 256  # unknown: MaskFormer's 256
     decoder_heads: int = 8  # unknown: MaskFormer's 8
     embed_dim: int = 256  # one note: 256-d projection
-    mask_features: str = "pooled"  # unknown: mask-pooled pixel embeddings ("queries" = decoder outputs; see docs)
+    mask_features: str = "queries"  # unknown: decoder query outputs ("pooled" = mask-pooled pixel embeddings)
     text: str = "scratch"  # paper: 12-layer transformer from scratch; "clip:NAME" = frozen CLIP text (non-faithful)
     text_layers: int = 12  # paper
     text_width: int = 256  # one note: width 256
