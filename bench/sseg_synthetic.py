@@ -98,7 +98,7 @@ VARIANTS = {
 
 
 def sizes(quick: bool) -> tuple[int, int, int]:
-    return (96, 60, 8) if quick else (384, 250, 32)  # training scenes, steps, test scenes
+    return (256, 250, 16) if quick else (384, 250, 32)  # training scenes, steps, test scenes
 
 
 def train_variant(name: str, quick: bool, out: Path) -> dict[str, float]:
