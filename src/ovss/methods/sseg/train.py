@@ -44,7 +44,7 @@ PRECISIONS = ("fp32", "bf16")
 @dataclass(frozen=True)
 class SSegTrainSettings:
     recipe: str = "paper"  # which preset of RECIPES the defaults came from (recorded)
-    # model (ModelConfig fields; METHODS.md-style unknowns are listed in docs/sseg.md)
+    # model (ModelConfig fields; every unknown is listed in docs/sseg.md)
     backbone: str = "swin-small"  # paper: Swin-S
     num_queries: int = 64  # paper: N = 64
     decoder_layers: int = 6  # paper: 6-layer transformer decoder
