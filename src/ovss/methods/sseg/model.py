@@ -1,0 +1,238 @@
+"""S-Seg's network (Lai, CVPR 2025, arXiv 2401.12217): a MaskFormer without a classification head
+plus a caption encoder, meeting in one joint embedding space.
+
+* Image side: a transformers ``MaskFormerModel`` (Swin backbone, FPN pixel decoder, DETR-style
+  transformer decoder) with ``num_queries`` queries. Each query gives a mask (its mask embedding
+  dotted with the per-pixel embeddings, as in MaskFormer) and a *mask feature* (the decoder output).
+* Joint space: the image embedding is the mean of the mask features through a 2-layer MLP;
+  at test time each mask feature goes through the same MLP and is compared with class-name texts.
+* Text side: a CLIP-style causal transformer trained from scratch (transformers ``CLIPTextModel``
+  built from a config, pooled at the end-of-text token), or a frozen pretrained CLIP text tower
+  (``text="clip:NAME"``; not faithful to the paper, which uses no CLIP anywhere).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import InputError, ModelLoadError
+
+# Swin-S (Liu et al., ICCV 2021, Table 1): C = 96, depths 2-2-18-2, heads 3-6-12-24, window 7.
+BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
+    "swin-small": {"embed_dim": 96, "depths": [2, 2, 18, 2], "num_heads": [3, 6, 12, 24], "window_size": 7},
+    "swin-tiny": {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7},
+    # a few thousand parameters, for tests and smoke runs only
+    "swin-test": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4},
+}
+TOKENIZERS = ("bytes",)  # built offline; any other value is a CLIPTokenizer id or folder
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "swin-small"  # a preset above, or a transformers backbone config id / folder (random init)
+    num_queries: int = 64  # N
+    decoder_layers: int = 6
+    hidden: int = 256  # decoder width = pixel-embedding width (MaskFormer's default)
+    decoder_heads: int = 8
+    embed_dim: int = 256  # joint image-text space
+    # what a "mask feature" is (unknown): "queries" = the transformer decoder's query outputs (MaskFormer's
+    # mask embeddings); "pooled" = the pixel-decoder embeddings averaged under the mask's sigmoid (at random
+    # init these are nearly equal across images, cosine 0.9997 in the synthetic world, and InfoNCE stalls)
+    mask_features: str = "queries"
+    text: str = "scratch"  # "scratch" (faithful) | "clip:NAME" (frozen pretrained CLIP text tower, non-faithful)
+    text_layers: int = 12
+    text_width: int = 256
+    text_heads: int = 4
+    context_length: int = 77
+    tokenizer: str = "bytes"  # "bytes": CLIP tokenizer over byte-level characters (no merges), or a tokenizer id
+    temperature_init: float = 0.07  # CLIP's initial temperature
+    max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
+
+    def validate(self) -> None:
+        for name in (
+            "num_queries",
+            "decoder_layers",
+            "hidden",
+            "decoder_heads",
+            "embed_dim",
+            "text_layers",
+            "text_width",
+            "text_heads",
+            "context_length",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"setting {name}={value!r} must be a positive integer")
+        if self.hidden % self.decoder_heads or self.text_width % self.text_heads:
+            raise InputError("hidden must be a multiple of decoder_heads and text_width of text_heads")
+        if self.mask_features not in ("pooled", "queries"):
+            raise InputError(f"setting mask_features={self.mask_features!r} must be 'pooled' or 'queries'")
+        if not (self.text == "scratch" or self.text.startswith("clip:")):
+            raise InputError(f"setting text={self.text!r} must be 'scratch' or 'clip:NAME' (a CLIP id or folder)")
+        if not 0 < self.temperature_init < 1:
+            raise InputError(f"setting temperature_init={self.temperature_init} must lie in (0, 1)")
+
+
+def backbone_config(name: str):
+    from transformers import SwinConfig
+
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if name in BACKBONE_PRESETS:
+        return SwinConfig(**BACKBONE_PRESETS[name], out_features=stages)
+    from transformers import AutoConfig
+
+    from ...models.loading import quiet_hub
+
+    try:
+        with quiet_hub():
+            config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        raise ModelLoadError(
+            f"backbone {name!r} is neither a preset ({', '.join(BACKBONE_PRESETS)}) nor a readable transformers "
+            "config id or folder"
+        ) from None
+    if hasattr(config, "out_features") and getattr(config, "stage_names", None):
+        config.out_features = list(config.stage_names[-4:])
+    return config
+
+
+def build_tokenizer(spec: str = "bytes"):
+    if spec == "bytes":
+        from ...models.clip import _byte_level_tokenizer
+
+        return _byte_level_tokenizer()
+    from transformers import CLIPTokenizer
+
+    from ...models.loading import quiet_hub
+
+    try:
+        with quiet_hub():
+            return CLIPTokenizer.from_pretrained(spec)
+    except (OSError, ValueError):
+        raise ModelLoadError(
+            f"tokenizer {spec!r} is neither 'bytes' nor a readable CLIPTokenizer id or folder"
+        ) from None
+
+
+def _mlp(dims: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class SSegModel(nn.Module):
+    """MaskFormer masks and mask features, caption embeddings, and a learnable temperature."""
+
+    def __init__(self, config: ModelConfig, clip: Any = None) -> None:
+        super().__init__()
+        from transformers import CLIPTextConfig, CLIPTextModel, DetrConfig, MaskFormerConfig, MaskFormerModel
+
+        config.validate()
+        self.config = config
+        decoder = DetrConfig(
+            num_queries=config.num_queries,
+            decoder_layers=config.decoder_layers,
+            d_model=config.hidden,
+            decoder_attention_heads=config.decoder_heads,
+            decoder_ffn_dim=8 * config.hidden,
+        )
+        mf = MaskFormerConfig(
+            backbone_config=backbone_config(config.backbone),
+            decoder_config=decoder,
+            fpn_feature_size=config.hidden,
+            mask_feature_size=config.hidden,
+        )
+        self.maskformer = MaskFormerModel(mf)
+        # MaskFormer reads the Swin stage outputs; the backbone's final LayerNorm never runs, so it is
+        # frozen (DistributedDataParallel refuses parameters that receive no gradient)
+        final_norm = getattr(getattr(self.maskformer.pixel_level_module.encoder, "model", None), "layernorm", None)
+        if final_norm is not None:
+            final_norm.requires_grad_(False)
+        # MaskFormer's 3-layer mask-embedding head (Cheng et al., NeurIPS 2021)
+        self.mask_embedder = _mlp([config.hidden] * 4, nn.ReLU)
+        # the paper's 2-layer projections, with GELU (unknown; a ReLU projection collapsed to a constant
+        # embedding in the synthetic world, its dead units never recovering)
+        self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim])
+        self.tokenizer = build_tokenizer(config.tokenizer) if clip is None else clip.tokenizer
+        if config.text == "scratch":
+            tok = self.tokenizer
+            text_cfg = CLIPTextConfig(
+                vocab_size=len(tok),
+                hidden_size=config.text_width,
+                intermediate_size=4 * config.text_width,
+                num_hidden_layers=config.text_layers,
+                num_attention_heads=config.text_heads,
+                max_position_embeddings=config.context_length,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+            self.text_model = CLIPTextModel(text_cfg)
+            text_width = config.text_width
+            self.frozen_clip = None
+        else:
+            if clip is None:
+                raise InputError(f"text={config.text!r} needs the CLIP model passed in (clip=...)")
+            self.text_model = None
+            self.frozen_clip = clip  # not a submodule: frozen, not saved, recorded by name
+            text_width = clip.model.config.text_config.hidden_size
+        self.text_projection = _mlp([text_width, config.embed_dim, config.embed_dim])  # 2-layer MLP on [EOS]
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.temperature_init)))
+
+    def forward(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor], pooling: str = "mean_then_mlp"):
+        """Training pass (one call, so DistributedDataParallel sees every parameter):
+        mask logits, image embeddings, caption embeddings and the logit scale."""
+        masks, features = self.forward_image(pixels)
+        return masks, self.image_embedding(features, pooling), self.encode_tokens(tokens), self.scale()
+
+    # --- image side -----------------------------------------------------------------------------
+    def forward_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, H, W)`` -> mask logits ``(B, N, H/4, W/4)`` and mask features ``(B, N, hidden)``."""
+        out = self.maskformer(pixel_values=pixels)
+        queries = out.transformer_decoder_last_hidden_state
+        pixel_embeddings = out.pixel_decoder_last_hidden_state
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embedder(queries), pixel_embeddings)
+        if self.config.mask_features == "queries":
+            return masks, queries
+        weights = masks.sigmoid()
+        pooled = torch.einsum("bqhw,bchw->bqc", weights, pixel_embeddings)
+        return masks, pooled / weights.sum((2, 3))[..., None].clamp(min=1e-6)
+
+    def image_embedding(self, mask_features: torch.Tensor, pooling: str = "mean_then_mlp") -> torch.Tensor:
+        """One L2-normalised embedding per image from its ``(B, N, hidden)`` mask features."""
+        if pooling == "mean_then_mlp":
+            return F.normalize(self.image_projection(mask_features.mean(1)), dim=-1)
+        return F.normalize(self.image_projection(mask_features).mean(1), dim=-1)
+
+    def mask_embeddings(self, mask_features: torch.Tensor) -> torch.Tensor:
+        """Each mask feature in the joint space ``(B, N, D)``, L2-normalised (test time)."""
+        return F.normalize(self.image_projection(mask_features), dim=-1)
+
+    # --- text side ------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+        length = self.config.context_length if self.text_model is not None else self.frozen_clip.context_length
+        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        return {"input_ids": tokens["input_ids"].to(device), "attention_mask": tokens["attention_mask"].to(device)}
+
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.text_model is not None:
+            pooled = self.text_model(**tokens).pooler_output
+        else:
+            with torch.no_grad():
+                pooled = self.frozen_clip.model.text_model(**tokens).pooler_output.float()
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.encode_tokens(self.tokenize(texts, self.logit_scale.device))
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
