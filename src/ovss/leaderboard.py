@@ -165,8 +165,11 @@ def plan(
     unused = sorted(k for k in overrides if not any(k in _settings_names(s) for s in specs.values()))
     if unused:
         raise InputError(f"--set {unused[0]}: none of the methods has this setting (see `ovss methods -v`)")
-    for bench in benchmarks:
-        open_dataset(bench, root)  # a missing dataset is reported before any model is loaded
+    for bench in benchmarks:  # a missing dataset is reported before any model is loaded
+        try:
+            open_dataset(bench, root)
+        except InputError as e:
+            raise InputError(f"{bench}: {e.message}", option=e.option) from None
     skipped: dict[str, str] = {}
     cells: list[Cell] = []
     for name, spec in specs.items():
