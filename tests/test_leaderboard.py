@@ -200,3 +200,19 @@ def test_bad_inputs_are_one_line(data_root, tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, [*base, "--methods", "sclip", "--datasets", "pc60"], "pc60")  # not in the root
     _one_line_error(capsys, [*base, "--methods", "sclip", "--datasets", "voc21", "--checkpoint", "x"], "METHOD=PATH")
     assert counter.calls == [] and not (out / "leaderboard.json").exists()
+
+
+@pytest.mark.slow  # a fresh process imports torch and loads the model: ~25 s on a busy machine
+def test_isolated_cell_reports_its_own_process_peak(data_root, tmp_path):
+    import resource
+
+    board = lb.run_leaderboard("vanilla", "voc21", data_root, tmp_path / "iso", clip="tiny-random", limit=1,
+                               device="cpu", progress=False, isolate=True, overrides={"short_side": 112})  # fmt: skip
+    cell = board["cells"][0]
+    results = json.loads((tmp_path / "iso" / "vanilla" / "voc21" / "results.json").read_text())
+    assert cell["mIoU"] == results["mIoU"] and results["images"] == 1
+    # the child's high-water mark: more than an empty interpreter, and not this process's own mark
+    assert cell["peak_rss_mib"] > 50 and cell["peak_rss_mib"] != round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    assert "own process" in (tmp_path / "iso" / "vanilla" / "voc21" / "cell.json").read_text()

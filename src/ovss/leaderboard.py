@@ -7,10 +7,12 @@ signature (written before the run, so a folder always says what it holds) and it
 memory. The whole board is written as ``leaderboard.json``, ``leaderboard.md`` and
 ``leaderboard.png``, each atomically.
 
-Peak memory is measured in this process (models are loaded once per cell, as ``ovss eval`` does):
-a thread samples the resident set size with psutil every 20 ms while the cell runs and keeps the
-maximum, which therefore includes the Python/torch baseline and anything cached from earlier cells;
-on CUDA, ``torch.cuda.max_memory_allocated`` is reset before and read after each cell.
+Peak memory: by default the cells run in this process and a thread samples its resident set size
+with psutil every 20 ms while a cell runs, keeping the maximum, which therefore includes the
+Python/torch baseline and whatever earlier cells left cached (``ru_maxrss`` could not be used: it
+is process-wide and never decreases). With ``isolate`` each cell runs in a fresh child process and
+reports that process's own ``ru_maxrss``: exact per cell, at the cost of loading models per cell.
+On CUDA, ``torch.cuda.max_memory_allocated`` is reset before and read after each cell.
 """
 
 from __future__ import annotations
@@ -221,18 +223,48 @@ def _prepare(cell: Cell) -> None:
         write_json(cell.out / CELL_FILE, {"signature": cell.signature, "complete": False})
 
 
-def run_cell(cell: Cell, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """(results, record, reused): the cell's results.json, its cell.json, and whether it was already done."""
+def _isolated_cell(job: EvalJob, progress: bool) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
+    """One cell in a fresh process: its own high-water mark (ru_maxrss) is exactly the cell's peak."""
+    import resource
+
+    import torch
+
+    cuda = torch.cuda.is_available() and (job.device is None or str(job.device).startswith("cuda"))
+    results = run_eval(job, progress=progress)
+    if results is not None:
+        results.pop("table", None)
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    memory = {"peak_rss_mib": round(rss_kib / 1024, 1), "peak_cuda_mib": None}
+    if cuda:
+        memory["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return results, memory
+
+
+def _run_isolated(job: EvalJob, progress: bool) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_isolated_cell, job, progress).result()
+
+
+def run_cell(cell: Cell, progress: bool = True, isolate: bool = False) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(results, record, reused): the cell's results.json, its cell.json, and whether it was already done.
+    ``isolate`` runs the cell in a child process, so its peak memory is its own (models load per cell)."""
     done = _finished(cell)
     if done is not None:
         return (*done, True)
     _prepare(cell)
-    with peak_memory(cell.job.device) as memory:
-        results = run_eval(cell.job, progress=progress)
+    if isolate:
+        results, memory = _run_isolated(cell.job, progress)
+    else:
+        with peak_memory(cell.job.device) as memory:
+            results = run_eval(cell.job, progress=progress)
     if results is None:  # a rank other than 0 under torchrun: rank 0 writes the board
         return {}, {}, False
     results = _read_json(cell.out / "results.json") or results  # exactly what was written (NaN as null)
-    record = {"signature": cell.signature, "complete": True, **memory}
+    how = "own process ru_maxrss" if isolate else "psutil RSS samples"
+    record = {"signature": cell.signature, "complete": True, **memory, "memory_measured_by": how}
     write_json(cell.out / CELL_FILE, record)
     return results, record, False
 
@@ -285,6 +317,7 @@ def run_leaderboard(
     device: str | None = None,
     limit: int | None = None,
     progress: bool = True,
+    isolate: bool = False,
 ) -> dict[str, Any]:
     """Run (or reuse) every cell and write ``leaderboard.json``, ``.md`` and ``.png`` in ``out``;
     returns the board as written to ``leaderboard.json``."""
@@ -305,7 +338,7 @@ def run_leaderboard(
     for i, cell in enumerate(cells, 1):
         start = time.perf_counter()
         _say(f"[{i}/{len(cells)}] {cell.method} on {cell.benchmark} ...")
-        results, record, reused = run_cell(cell, progress=progress)
+        results, record, reused = run_cell(cell, progress=progress, isolate=isolate)
         if not results:
             continue
         entry = _cell_entry(cell, results, record)
@@ -330,6 +363,7 @@ def run_leaderboard(
         "checkpoints": dict(checkpoints or {}),
         "overrides": dict(overrides or {}),
         "limit": limit,
+        "memory": "per cell in its own process (ru_maxrss)" if isolate else "in one process (psutil RSS samples)",
         "ovss_commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -392,7 +426,7 @@ def to_markdown(board: dict[str, Any]) -> str:
         "",
         f"mIoU in % ({' / '.join(metrics)} convention; the other convention is in leaderboard.json). "
         "avg: mean over the benchmarks. images/s: all of a method's images over their segmentation time. "
-        f"{memory}: the largest over the method's cells (see docs/leaderboard.md).",
+        f"{memory}: the largest over the method's cells, measured {board['memory']} (see docs/leaderboard.md).",
         "",
         f"protocol: {board['protocol']} ({', '.join(protocols)})",
         f"models: {json.dumps(board['models'])}; checkpoints: {json.dumps(board['checkpoints'])}; "
@@ -471,6 +505,11 @@ def add_leaderboard_parser(sub: Any) -> argparse.ArgumentParser:
         help="a trained or fitted run folder for one method (repeat per method)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run each cell in its own process: exact per-cell peak memory, at the cost of loading models per cell",
+    )
     add_set_arg(p, "a setting applied to every method that has it, e.g. --set short_side=336")
     p.set_defaults(func=cmd_leaderboard)
     return p
@@ -494,6 +533,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         device=args.device,
         limit=args.limit,
+        isolate=args.isolate,
     )
     if board:
         print(to_markdown(board), end="")
