@@ -23,9 +23,26 @@ FAST = ["--set", "short_side=112", "--set", "templates=simple", "--set", "pamr_i
 
 
 def _args(root: Path, out: Path, methods: list[str] = METHODS, benches: list[str] = BENCHES) -> list[str]:
-    return ["leaderboard", "--methods", ",".join(methods), "--datasets", ",".join(benches), "--root", str(root),
-            "--out", str(out), "--clip", "tiny-random", "--dino", "tiny-random", "--limit", "2",
-            "--device", "cpu", *FAST]  # fmt: skip
+    return [
+        "leaderboard",
+        "--methods",
+        ",".join(methods),
+        "--datasets",
+        ",".join(benches),
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--clip",
+        "tiny-random",
+        "--dino",
+        "tiny-random",
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        *FAST,
+    ]
 
 
 class _Counter:
@@ -75,8 +92,20 @@ def test_json_repeats_each_cells_own_results(board):
     for cell in data["cells"]:
         results = json.loads((out / cell["method"] / cell["benchmark"] / "results.json").read_text())
         other = "present" if results["metric"] == "union" else "union"
-        for key in ("mIoU", f"mIoU_{other}", "aAcc", "mAcc", "images", "images_per_second", "settings",
-                    "provenance", "models", "ovss_commit", "date", "tier"):  # fmt: skip
+        for key in (
+            "mIoU",
+            f"mIoU_{other}",
+            "aAcc",
+            "mAcc",
+            "images",
+            "images_per_second",
+            "settings",
+            "provenance",
+            "models",
+            "ovss_commit",
+            "date",
+            "tier",
+        ):
             assert cell[key] == results[key], key
         assert cell["protocol"] == results["protocol"]["family"] and cell["tier_text"] == TIERS[cell["tier"]]
         assert results["images"] == 2 and results["settings"]["short_side"] == 112
@@ -95,8 +124,11 @@ def test_markdown_table_has_every_cell(board):
     out, _ = board
     data = json.loads((out / "leaderboard.json").read_text())
     text = (out / "leaderboard.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("| ") and "---" not in line}  # fmt: skip
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
     assert rows["method"] == ["method", "tier", *BENCHES, "avg", "images/s", "peak RSS MiB"]
     cells = {(c["method"], c["benchmark"]): c for c in data["cells"]}
     for m in RUN:
@@ -164,8 +196,15 @@ def test_killed_cell_resumes_where_it_stopped(board, data_root, tmp_path, monkey
 
     monkeypatch.setattr(ev, "FLUSH_EVERY", 1)
     monkeypatch.setattr(api, "load_image", crashing)
-    kw = dict(root=data_root, out=out, clip="tiny-random", limit=2, device="cpu", progress=False,
-              overrides={"short_side": 112, "templates": "simple", "pamr_iterations": 0})  # fmt: skip
+    kw = dict(
+        root=data_root,
+        out=out,
+        clip="tiny-random",
+        limit=2,
+        device="cpu",
+        progress=False,
+        overrides={"short_side": 112, "templates": "simple", "pamr_iterations": 0},
+    )
     with pytest.raises(KeyboardInterrupt):
         lb.run_leaderboard("sclip", "voc21", **kw)
     assert not (out / "sclip" / "voc21" / "results.json").exists()
@@ -199,6 +238,8 @@ def test_bad_inputs_are_one_line(data_root, tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, [*base, "--methods", "sclip", "--datasets", "voc21", "-p", "nosuch"], "protocol")
     _one_line_error(capsys, [*base, "--methods", "sclip", "--datasets", "pc60"], "pc60")  # not in the root
     _one_line_error(capsys, [*base, "--methods", "sclip", "--datasets", "voc21", "--checkpoint", "x"], "METHOD=PATH")
+    both = [*base, "--methods", "sclip", "--datasets", "voc21", "--suite", "all8"]
+    _one_line_error(capsys, both, "either --datasets")
     assert counter.calls == [] and not (out / "leaderboard.json").exists()
 
 
@@ -206,8 +247,18 @@ def test_bad_inputs_are_one_line(data_root, tmp_path, capsys, monkeypatch):
 def test_isolated_cell_reports_its_own_process_peak(data_root, tmp_path):
     import resource
 
-    board = lb.run_leaderboard("vanilla", "voc21", data_root, tmp_path / "iso", clip="tiny-random", limit=1,
-                               device="cpu", progress=False, isolate=True, overrides={"short_side": 112})  # fmt: skip
+    board = lb.run_leaderboard(
+        "vanilla",
+        "voc21",
+        data_root,
+        tmp_path / "iso",
+        clip="tiny-random",
+        limit=1,
+        device="cpu",
+        progress=False,
+        isolate=True,
+        overrides={"short_side": 112},
+    )
     cell = board["cells"][0]
     results = json.loads((tmp_path / "iso" / "vanilla" / "voc21" / "results.json").read_text())
     assert cell["mIoU"] == results["mIoU"] and results["images"] == 1
@@ -216,3 +267,34 @@ def test_isolated_cell_reports_its_own_process_peak(data_root, tmp_path):
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
     )
     assert "own process" in (tmp_path / "iso" / "vanilla" / "voc21" / "cell.json").read_text()
+
+
+@pytest.mark.slow  # SAM's automatic masks on CPU: ~25 s per image pair on a busy machine
+def test_sam_method_runs_once_sam_is_given(data_root, tmp_path):
+    out = tmp_path / "sam"
+    args = [
+        "leaderboard",
+        "--methods",
+        "tuss,sclip",
+        "--datasets",
+        "voc21",
+        "--root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--clip",
+        "tiny-random",
+        "--sam",
+        "tiny-random",
+        "--limit",
+        "1",
+        "--device",
+        "cpu",
+        *FAST,
+    ]
+    assert main(args) == 0
+    data = json.loads((out / "leaderboard.json").read_text())
+    assert data["skipped"] == [] and {c["method"] for c in data["cells"]} == {"tuss", "sclip"}
+    tuss = next(c for c in data["cells"] if c["method"] == "tuss")
+    assert tuss["tier"] == "B" and tuss["models"]["sam"] == "tiny-random"
+    assert tuss["mIoU"] == json.loads((out / "tuss" / "voc21" / "results.json").read_text())["mIoU"]
