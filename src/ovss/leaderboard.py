@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import shutil
 import sys
@@ -151,6 +152,8 @@ def plan(
     from .methods import get_method_spec
     from .methods.settings import resolve_settings
 
+    if importlib.util.find_spec("matplotlib") is None:  # checked before hours of evaluation, not after
+        raise InputError("leaderboard.png needs matplotlib; install it with: pip install 'ovss[leaderboard]'")
     if not methods:
         raise InputError("no methods given; pass --methods sclip,naclip,... (see `ovss methods`)")
     if not benchmarks:
