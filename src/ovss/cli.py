@@ -20,6 +20,7 @@ from .data.cli import add_data_parser
 from .demo import add_demo_parser
 from .errors import InputError, OvssError
 from .labelling import add_label_parser
+from .leaderboard import add_leaderboard_parser
 from .masks.cli import add_masks_parser
 
 EXIT_USAGE = 2
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OvssArgumentParser)
     add_segment_parser(sub)
     add_eval_parser(sub)
+    add_leaderboard_parser(sub)
     for command, help in METHOD_COMMANDS.items():
         # parsed by method_command_parser once --method is known; listed here for `ovss --help`
         sub.add_parser(command, help=f"{help} (ovss {command} --method NAME --help)", add_help=False)
