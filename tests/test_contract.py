@@ -314,6 +314,7 @@ LAYERS = {
     "cli": 5,
     "evaluate": 5,
     "labelling": 5,
+    "leaderboard": 5,
     "demo": 5,
     "testing": 5,
     "__init__": 5,

@@ -11,10 +11,9 @@ import torch
 from ._version import __version__
 from .device import resolve_device
 from .io import DEFAULT_MAX_PIXELS, ImageInput, load_image
-from .methods import get_method_spec
-from .methods.settings import require_checkpoint, resolve_settings
+from .methods.settings import build_method
 from .models.loading import TINY_RANDOM
-from .models.registry import ModelCache, default_model, load_backbone
+from .models.registry import ModelCache, load_backbone
 from .result import SegResult
 from .vocab import Vocabulary, build_vocabulary, no_classes
 
@@ -47,28 +46,14 @@ class Segmenter:
         cache: ModelCache | None = None,
         **settings: Any,
     ) -> None:
-        self.spec = get_method_spec(method)
-        # protocol (with a benchmark) < checkpoint < the caller's own settings; every origin recorded
-        resolved = resolve_settings(self.spec, benchmark, protocol, checkpoint, settings)
-        self.settings, self.provenance = resolved.settings, resolved.provenance
-        self.protocol, self.checkpoint = resolved.protocol, resolved.checkpoint
-        require_checkpoint(self.spec, self.checkpoint)
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
-        given = {"clip": clip, "dino": dino, "sam": sam}
-        recorded = self.checkpoint.backbones if self.checkpoint is not None else {}
-        # each role (clip, dino, sam) is loaded by its own loader or the one the method names (sam -> sam3)
-        loader = {role: self.spec.loaders.get(role, role) for role in self.spec.needs}
-        chosen = {}
-        for role in self.spec.needs:
-            value = given.get(role)
-            chosen[role] = value if value is not None else recorded.get(role, default_model(loader[role]))
-        self.backbone_names = {
-            k: v if isinstance(v, str) else getattr(v, "name", type(v).__name__) for k, v in chosen.items()
-        }
-        backbones = {role: load_backbone(loader[role], spec, self.device, cache) for role, spec in chosen.items()}
-        extra = {"checkpoint": self.checkpoint} if self.spec.checkpoint != "none" else {}
-        self.method = self.spec.factory(backbones, self.settings, self.device, **extra)
+        # protocol (with a benchmark) < checkpoint < the caller's own settings; every origin recorded
+        built = build_method(method, self.device, {"clip": clip, "dino": dino, "sam": sam}, checkpoint, benchmark,
+                             protocol, cache, **settings)  # fmt: skip
+        self.spec, self.method, self.backbone_names = built.spec, built.method, built.backbone_names
+        self.settings, self.provenance = built.resolved.settings, built.resolved.provenance
+        self.protocol, self.checkpoint = built.resolved.protocol, built.resolved.checkpoint
         self.refine = self._refiner(refine, cache)
 
     def _refiner(self, refine: dict[str, Any] | None, cache: ModelCache | None = None):
@@ -85,7 +70,7 @@ class Segmenter:
         if generator is None:
             sam = load_backbone("sam", refine.get("sam"), self.device, cache)
             generator = SamMaskGenerator(sam, preset=refine.get("preset", "corrclip"), device=self.device)
-        self.backbone_names["sam"] = getattr(getattr(generator, "sam", None), "name", None) or getattr(
+        self.backbone_names["sam"] = getattr(getattr(generator, "sam", None), "name", None) or getattr(  # type: ignore[assignment]
             generator, "name", "custom"
         )
         return {
@@ -116,7 +101,7 @@ class Segmenter:
         rgb = load_image(image, self.max_pixels)
         start = time.perf_counter()
         vote_logits = bool(self.refine) and self.refine["vote"] == "logits"
-        out = self.method.segment(rgb, vocab, return_probs=return_probs or vote_logits)  # type: ignore[arg-type]
+        out = self.method.segment(rgb, vocab, return_probs=return_probs or vote_logits)
         if self.refine:
             from .masks.pooling import refine_labels
 

@@ -195,7 +195,7 @@ def plan(
                 overrides=own,
                 checkpoint=checkpoints.get(name),
                 # only the backbones the method uses: adding --dino later must not redo the CLIP-only cells
-                **{r: models.get(r) for r in ROLES if r in spec.needs},
+                **{r: models.get(r) for r in ROLES if r in spec.needs},  # type: ignore[arg-type]
             )
             resolved = resolve_settings(spec, bench, protocol, job.checkpoint, own)
             cells.append(Cell(name, bench, job.out, job, _signature(job, resolved.settings)))

@@ -119,3 +119,46 @@ def fixed_vocabulary(checkpoint: Checkpoint | None, classes: Any, background: An
             option="classes",
         )
     return vocab
+
+
+@dataclass
+class BuiltMethod:
+    """A method built from its name: the object, its resolved settings and the backbones it loaded."""
+
+    method: Any
+    spec: MethodSpec
+    resolved: ResolvedSettings
+    backbone_names: dict[str, str]
+
+
+def build_method(
+    name: str,
+    device: Any,
+    backbones: dict[str, Any] | None = None,
+    checkpoint: Any = None,
+    benchmark: str | None = None,
+    protocol: str | None = None,
+    cache: Any = None,
+    **settings: Any,
+) -> BuiltMethod:
+    """Resolve the settings, load each backbone role (given, recorded by the checkpoint, or the
+    default) through its loader, and call the method's factory: what ``Segmenter`` does before it
+    reads an image, for code below the API (self-training, fits) that needs a method by name."""
+    from ..models.registry import default_model, load_backbone
+    from .base import get_method_spec
+
+    spec = get_method_spec(name)
+    resolved = resolve_settings(spec, benchmark, protocol, checkpoint, settings)
+    require_checkpoint(spec, resolved.checkpoint)
+    given = backbones or {}
+    recorded = resolved.checkpoint.backbones if resolved.checkpoint is not None else {}
+    # each role (clip, dino, sam) is loaded by its own loader or the one the method names (sam -> sam3)
+    loader = {role: spec.loaders.get(role, role) for role in spec.needs}
+    chosen = {}
+    for role in spec.needs:
+        value = given.get(role)
+        chosen[role] = value if value is not None else recorded.get(role, default_model(loader[role]))
+    names = {k: v if isinstance(v, str) else getattr(v, "name", type(v).__name__) for k, v in chosen.items()}
+    loaded = {role: load_backbone(loader[role], value, device, cache) for role, value in chosen.items()}
+    extra = {"checkpoint": resolved.checkpoint} if spec.checkpoint != "none" else {}
+    return BuiltMethod(spec.factory(loaded, resolved.settings, device, **extra), spec, resolved, names)

@@ -75,7 +75,7 @@ def load_sseg_model(checkpoint: Any, device: torch.device, method: str = "sseg")
     config = ModelConfig(**ckpt.extra["model"])
     clip = None
     if config.text.startswith("clip:"):
-        from ...api import load_backbone
+        from ...models.registry import load_backbone
 
         clip = load_backbone("clip", config.text.split(":", 1)[1], device)
     model = SSegModel(config, clip)
@@ -136,7 +136,7 @@ class SSegMethod(Method):
         text = self.query_embeddings(vocab.queries).to(self.device)
         query_class = torch.tensor(vocab.query_class, device=self.device)
         size = image.shape[:2]
-        h, w = keep_ratio_size(*size, s.short_side, s.long_max)
+        h, w = keep_ratio_size(*size, s.short_side, s.long_max)  # type: ignore[call-arg]
         h, w = -(-h // 32) * 32, -(-w // 32) * 32  # the Swin stride
         pixels = normalize(resize_image(image, (h, w)), self.mean, self.std)
         window = None if s.window is None else (min(s.window[0], h, w) // 32 * 32 or 32, s.window[1])
@@ -203,7 +203,7 @@ register_method(
         (),
         "Lai, CVPR 2025, arXiv 2401.12217",
         family="groupvit",
-        tier="trained",
+        tier="B",
         checkpoint="required",
         commands={"train": _command("train"), "pseudo-label": _command("pseudo")},
     )
@@ -217,7 +217,7 @@ register_method(
         (),
         "Lai, CVPR 2025, arXiv 2401.12217 (S-Seg+)",
         family="groupvit",
-        tier="trained",
+        tier="B",
         checkpoint="required",
         commands={"train": _command("plus")},
     )

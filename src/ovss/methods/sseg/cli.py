@@ -97,8 +97,8 @@ def add_pseudo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_pseudo(args: argparse.Namespace) -> int:
     """Uses the training settings k, dino_size, kmeans_iters and seed, so ``--set`` reads the same."""
-    from ...api import load_backbone
     from ...device import resolve_device
+    from ...models.registry import load_backbone
     from .pseudo import run_pseudo_cache
     from .train import make_train_settings
 

@@ -84,7 +84,7 @@ def backbone_config(name: str):
 
     stages = ["stage1", "stage2", "stage3", "stage4"]
     if name in BACKBONE_PRESETS:
-        return SwinConfig(**BACKBONE_PRESETS[name], out_features=stages)
+        return SwinConfig(**BACKBONE_PRESETS[name], out_features=stages)  # type: ignore[call-arg]
     from transformers import AutoConfig
 
     from ...models.loading import quiet_hub
@@ -182,7 +182,7 @@ class SSegModel(nn.Module):
         else:
             if clip is None:
                 raise InputError(f"text={config.text!r} needs the CLIP model passed in (clip=...)")
-            self.text_model = None
+            self.text_model = None  # type: ignore[assignment]
             self.frozen_clip = clip  # not a submodule: frozen, not saved, recorded by name
             text_width = clip.model.config.text_config.hidden_size
         self.text_projection = _mlp([text_width, config.embed_dim, config.embed_dim])  # 2-layer MLP on [EOS]

@@ -98,7 +98,7 @@ def upernet_config(settings: PlusSettings, num_labels: int):
 
     if settings.backbone in PLUS_BACKBONES:
         kind, values = PLUS_BACKBONES[settings.backbone]
-        backbone = (ConvNextConfig if kind == "convnext" else SwinConfig)(**values, out_features=STAGES)
+        backbone = (ConvNextConfig if kind == "convnext" else SwinConfig)(**values, out_features=STAGES)  # type: ignore[call-arg]
     else:
         from ...models.loading import quiet_hub
 
@@ -111,7 +111,7 @@ def upernet_config(settings: PlusSettings, num_labels: int):
                 "transformers config"
             ) from None
         backbone.out_features = list(backbone.stage_names[-4:])
-    return UperNetConfig(
+    return UperNetConfig(  # type: ignore[call-arg]
         backbone_config=backbone, hidden_size=settings.hidden, num_labels=num_labels, use_auxiliary_head=False
     )
 
@@ -140,12 +140,14 @@ def label_images(
     from PIL import Image
     from tqdm import tqdm
 
+    from ...io import load_image
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(tqdm(images, desc="sseg-plus labels", unit="img", file=sys.stderr, disable=not progress)):
         path = folder / f"{i:06d}.png"
         if not path.is_file():
-            labels = segmenter.segment(image, vocab).labels
+            labels = segmenter.segment(load_image(image), vocab).labels
             save_image(path, Image.fromarray(labels.astype(np.uint8)))
         paths.append(path)
     return paths
@@ -166,8 +168,8 @@ def train_sseg_plus(
     from tqdm import tqdm
     from transformers import UperNetForSemanticSegmentation
 
-    from ...api import Segmenter
     from ...device import autocast, resolve_device
+    from ..settings import build_method
 
     settings.validate()
     vocab = classes if isinstance(classes, Vocabulary) else build_vocabulary(classes, background)
@@ -196,12 +198,12 @@ def train_sseg_plus(
     model = None
     for round_ in range(start_round, settings.rounds + 1):
         if round_ == 1:
-            labeller: Any = Segmenter("sseg", checkpoint=str(teacher), device=dev, **(teacher_settings or {}))
+            labeller: Any = build_method("sseg", dev, checkpoint=str(teacher), **(teacher_settings or {})).method
         else:
-            labeller = Segmenter(METHOD, checkpoint=str(run), device=dev)
+            labeller = build_method(METHOD, dev, checkpoint=str(run)).method
         labels = label_images(images, labeller, vocab, run / "labels" / f"round{round_}", progress)
         torch.manual_seed(settings.seed + round_)
-        model = UperNetForSemanticSegmentation(upernet_config(settings, vocab.num_classes)).to(dev)
+        model = UperNetForSemanticSegmentation(upernet_config(settings, vocab.num_classes)).to(dev)  # type: ignore[arg-type]
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: max(0.0, 1 - s / settings.steps) ** settings.power
@@ -290,6 +292,7 @@ def _plus_checkpoint(
     extra = {
         "upernet": model.config.to_dict(),
         "vocabulary": vocab.to_dict(),
+        "fixed_classes": True,  # `ovss segment --method sseg-plus --checkpoint RUN` may leave --classes out
         "round": round_,
         "step": step,
         "mean": IMAGENET_MEAN,
@@ -343,7 +346,7 @@ class SSegPlusMethod(Method):
             raise ModelLoadError(
                 f"{ckpt.path}: weights do not fit its UperNet ({str(e).splitlines()[0][:100]})"
             ) from None
-        self.model.to(device).eval()
+        self.model.to(device).eval()  # type: ignore[arg-type]
         v = ckpt.extra["vocabulary"]
         self.vocabulary = Vocabulary(tuple(v["names"]), tuple(tuple(s) for s in v["synonyms"]), v["background"])
         self.mean, self.std = tuple(ckpt.extra["mean"]), tuple(ckpt.extra["std"])
@@ -360,7 +363,7 @@ class SSegPlusMethod(Method):
             )
         s = self.settings
         size = image.shape[:2]
-        h, w = keep_ratio_size(*size, s.short_side, s.long_max)
+        h, w = keep_ratio_size(*size, s.short_side, s.long_max)  # type: ignore[call-arg]
         h, w = max(32, -(-h // 32) * 32), max(32, -(-w // 32) * 32)
         pixels = normalize(resize_image(image, (h, w)), self.mean, self.std)[None].to(self.device)
         with autocast(self.device, s.precision):

@@ -217,7 +217,7 @@ def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],  # type: ignore[index]
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -321,8 +321,8 @@ def train_sseg(
     """Train (or resume) S-Seg into the run folder ``out``; returns a summary."""
     from tqdm import tqdm
 
-    from ...api import load_backbone
     from ...device import autocast, resolve_device
+    from ...models.registry import load_backbone
 
     settings.validate()
     dev = resolve_device(device)
@@ -496,7 +496,7 @@ def train_sseg(
             f"{data}: no training step was made (no readable image-caption pair, or fewer than one "
             f"micro-batch of {micro}); check the data and batch_size"
         )
-    if not (run / STATE / "trainer.pt").is_file() or int(_load_state(run)["step"]) != step:
+    if not (run / STATE / "trainer.pt").is_file() or int(_load_state(run)["step"]) != step:  # type: ignore[index]
         _checkpoint(
             run,
             model,
