@@ -194,6 +194,16 @@ def _plus_settings():
 
 
 register_family("groupvit", GROUPVIT_FAMILY)
+# S-Seg+ is a supervised UperNet on S-Seg's labels: whole-image inference at its own short side, the
+# GroupViT family's background handling and metric (its classes are fixed when it is trained).
+register_family(
+    "sseg_plus",
+    {
+        "source": "S-Seg+ (Lai, CVPR 2025): a segmentation network self-trained on S-Seg labels; docs/sseg.md",
+        "background": GROUPVIT_FAMILY["background"],
+        "metric": "union",
+    },
+)
 register_method(
     MethodSpec(
         "sseg",
@@ -216,7 +226,7 @@ register_method(
         _plus_settings(),
         (),
         "Lai, CVPR 2025, arXiv 2401.12217 (S-Seg+)",
-        family="groupvit",
+        family="sseg_plus",
         tier="B",
         checkpoint="required",
         commands={"train": _command("plus")},
