@@ -88,8 +88,9 @@ def calibrate(backbone, image: np.ndarray) -> dict[str, float]:
     """Thresholds at which about 45% of masks pass the IoU filter and half of those the stability one."""
     from ovss.masks import SamMaskGenerator
 
-    gen = SamMaskGenerator(backbone, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                           box_nms_thresh=1.0)  # fmt: skip
+    gen = SamMaskGenerator(
+        backbone, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    )
     captured: dict[str, list] = {"iou": [], "stab": []}
     original = gen._process_batch
 
@@ -237,8 +238,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
             out = Path(tmp) / f"{spec.replace(':', '_')}.json"
-            cmd = [sys.executable, __file__, "--child", spec, json.dumps(thresholds), str(out),
-                   "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                spec,
+                json.dumps(thresholds),
+                str(out),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
             if proc.returncode != 0:
                 print(f"{spec}: failed\n{proc.stderr[-2000:]}", flush=True)

@@ -50,12 +50,26 @@ def full_size_clip(arch: str = "B/16"):
 
     tw, th, vw, vl, vh, patch, proj = CLIP_ARCHS[arch]
     config = CLIPConfig(
-        text_config=dict(hidden_size=tw, intermediate_size=4 * tw, num_hidden_layers=12, num_attention_heads=th,
-                         vocab_size=514, bos_token_id=512, eos_token_id=513, pad_token_id=513),
-        vision_config=dict(hidden_size=vw, intermediate_size=4 * vw, num_hidden_layers=vl, num_attention_heads=vh,
-                           image_size=224, patch_size=patch),
+        text_config=dict(
+            hidden_size=tw,
+            intermediate_size=4 * tw,
+            num_hidden_layers=12,
+            num_attention_heads=th,
+            vocab_size=514,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        ),
+        vision_config=dict(
+            hidden_size=vw,
+            intermediate_size=4 * vw,
+            num_hidden_layers=vl,
+            num_attention_heads=vh,
+            image_size=224,
+            patch_size=patch,
+        ),
         projection_dim=proj,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     name = "clip-vit-" + arch.lower().replace("/", "") + "-random"
     return CLIPBackbone(CLIPModel(config), _byte_level_tokenizer(), name)
@@ -85,8 +99,9 @@ def main() -> None:
     clip = full_size_clip()
     vocab = build_vocabulary(
         "aeroplane; bicycle; bird; boat; bottle; bus; car; cat; chair; cow; dining table; dog; horse; motorbike; "
-        "person; potted plant; sheep; sofa; train; tv monitor", "words"
-    )  # fmt: skip
+        "person; potted plant; sheep; sofa; train; tv monitor",
+        "words",
+    )
     image = test_image()
     t0 = time.perf_counter()
     settings = DenseCLIPSettings(variant="sclip", logit_scale=65.0, prob_thd=0.1, area_thd=0.1)
@@ -131,8 +146,10 @@ def main() -> None:
     bf16_s, bf16_labels, bf16_scores = results["bf16"]
     rel = ((bf16_scores - fp32_scores).norm() / fp32_scores.norm()).item()
     agree = float((bf16_labels == fp32_labels).mean())
-    print(f"bf16 vs fp32: {fp32_s / bf16_s:.2f}x faster; cosine-map relative error {rel:.1e}; "
-          f"label agreement {agree:.2%} (random weights: near-tied scores make this a lower bound)")  # fmt: skip
+    print(
+        f"bf16 vs fp32: {fp32_s / bf16_s:.2f}x faster; cosine-map relative error {rel:.1e}; "
+        f"label agreement {agree:.2%} (random weights: near-tied scores make this a lower bound)"
+    )
     print(
         f"baseline: transformers CLIPVisionModel forward on the same {windows} windows (no dense head, no "
         f"post-processing): {hf_seconds:.2f} s; ovss fp32 whole pipeline / baseline = {fp32_s / hf_seconds:.2f}"

@@ -54,8 +54,16 @@ def main() -> None:
         dataset = open_dataset("voc21", work / "data")
         images = [dataset[i].image for i in range(min(args.images, len(dataset)))]  # the harness's order
         seg.segment(images[0], "cat", background="words")  # warm-up; builds nothing cached for voc21
-        job = EvalJob("sclip", "voc21", work / "data", clip=str(work / "clip"), device="cpu", limit=args.images,
-                      out=work / "out", overrides=settings)  # fmt: skip
+        job = EvalJob(
+            "sclip",
+            "voc21",
+            work / "data",
+            clip=str(work / "clip"),
+            device="cpu",
+            limit=args.images,
+            out=work / "out",
+            overrides=settings,
+        )
         run_eval(EvalJob(**{**vars(job), "out": work / "warm", "limit": 1}), progress=False)  # text embeddings
 
         from ovss.evaluate import benchmark_vocabulary
@@ -69,8 +77,10 @@ def main() -> None:
         start = time.perf_counter()
         report = run_eval(job, progress=False)
         wall = (time.perf_counter() - start) / len(images)
-        print(f"{len(images)} VOC images, full-size CLIP ViT-B/16 (random weights), SCLIP protocol voc21, "
-              f"{args.precision}")  # fmt: skip
+        print(
+            f"{len(images)} VOC images, full-size CLIP ViT-B/16 (random weights), SCLIP protocol voc21, "
+            f"{args.precision}"
+        )
         print(
             f"ovss eval: {1 / wall:.2f} images/s wall ({report['images_per_second']:.2f} images/s inside the "
             f"segmenter); bare Segmenter loop: {1 / base:.2f} images/s; harness/bare time = {wall / base:.2f}"

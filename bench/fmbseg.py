@@ -32,8 +32,10 @@ DINOS = {  # transformers Dinov2Config sizes
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-VOC = ("aeroplane; bicycle; bird; boat; bottle; bus; car; cat; chair; cow; dining table; dog; horse; motorbike; "
-       "person; potted plant; sheep; sofa; train; tv monitor")  # fmt: skip
+VOC = (
+    "aeroplane; bicycle; bird; boat; bottle; bus; car; cat; chair; cow; dining table; dog; horse; motorbike; "
+    "person; potted plant; sheep; sofa; train; tv monitor"
+)
 
 
 def dinov2(size: str):
@@ -66,14 +68,21 @@ def stage1(clip, presets: list[str]) -> None:
     vocab = build_vocabulary(VOC, "words")
     t0 = time.perf_counter()
     embed_queries(clip, list(vocab.queries), get_templates("openai_imagenet_80"))
-    print(f"text embeddings: {len(vocab.queries)} queries x 80 templates, CLIP ViT-L/14: "
-          f"{time.perf_counter() - t0:.1f} s (once per vocabulary, cached)")  # fmt: skip
+    print(
+        f"text embeddings: {len(vocab.queries)} queries x 80 templates, CLIP ViT-L/14: "
+        f"{time.perf_counter() - t0:.1f} s (once per vocabulary, cached)"
+    )
     sam = SamBackbone(vit_b_sam(), "sam-vit-b-random")
     thresholds = calibrate(sam, image)
     for preset in presets:
         generator = SamMaskGenerator(sam, preset=preset, **thresholds)
-        labeler = FMbSegPseudoLabeler(clip, generator, generator, PseudoLabelSettings(amg_preset=preset, tag_tau=0.04,
-                                      min_pred_iou=thresholds["pred_iou_thresh"]), torch.device("cpu"))  # fmt: skip
+        labeler = FMbSegPseudoLabeler(
+            clip,
+            generator,
+            generator,
+            PseudoLabelSettings(amg_preset=preset, tag_tau=0.04, min_pred_iou=thresholds["pred_iou_thresh"]),
+            torch.device("cpu"),
+        )
         start = time.perf_counter()
         _, record = labeler(image, vocab)
         total = time.perf_counter() - start
@@ -101,20 +110,24 @@ def stage2(dinos: list[str], clip, work: Path) -> dict:
             labels / f"{i}.png"
         )
     names = ["background", *VOC.split("; ")]
-    (labels / "vocabulary.json").write_text(json.dumps({"names": names, "synonyms": [[n] for n in names],
-                                                        "background": "none"}))  # fmt: skip
+    (labels / "vocabulary.json").write_text(
+        json.dumps({"names": names, "synonyms": [[n] for n in names], "background": "none"})
+    )
     checkpoints = {}
     for size in dinos:
         dino = dinov2(size)
         settings = TrainSettings(batch_images=4, epochs=1, log_every=1)
         start = time.perf_counter()
-        result = train_fmbseg(images, labels, work / f"run-{size}", settings, dino=dino, clip=clip, device="cpu",
-                              progress=False)  # fmt: skip
+        result = train_fmbseg(
+            images, labels, work / f"run-{size}", settings, dino=dino, clip=clip, device="cpu", progress=False
+        )
         seconds = time.perf_counter() - start
         log = [json.loads(line) for line in (work / f"run-{size}" / "loss_log.jsonl").read_text().splitlines()]
         patches = sum(entry["patches"] for entry in log)
-        print(f"stage 2, DINOv2 {size} at 448, B=4, N=128, transformer block + TSupCon: {result['steps']} steps in "
-              f"{seconds:.1f} s -> {patches / seconds:.0f} labelled patches/s, {8 / seconds:.2f} images/s")  # fmt: skip
+        print(
+            f"stage 2, DINOv2 {size} at 448, B=4, N=128, transformer block + TSupCon: {result['steps']} steps in "
+            f"{seconds:.1f} s -> {patches / seconds:.0f} labelled patches/s, {8 / seconds:.2f} images/s"
+        )
         checkpoints[size] = (dino, work / f"run-{size}")  # the run folder is the checkpoint
     return checkpoints
 

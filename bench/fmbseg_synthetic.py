@@ -41,8 +41,9 @@ def miou(preds, truths, k: int, ignore_unlabelled: bool) -> float:
     return float(np.nanmean(iou))
 
 
-def run(n_train: int, n_test: int, epochs: int, losses: list[str], merge_prob: float, seed: int,
-        text_weight: float) -> dict:  # fmt: skip
+def run(
+    n_train: int, n_test: int, epochs: int, losses: list[str], merge_prob: float, seed: int, text_weight: float
+) -> dict:
     from PIL import Image
 
     from ovss import Segmenter
@@ -67,8 +68,9 @@ def run(n_train: int, n_test: int, epochs: int, losses: list[str], merge_prob: f
         save_image(images / f"{scene.name}.png", Image.fromarray(scene.image))
 
     settings = PseudoLabelSettings(tag_templates="simple", dense_short_side=160, dense_window=None, tag_tau=0.3)
-    labeler = FMbSegPseudoLabeler(clip, SyntheticPointPrompter(), SyntheticMaskGenerator(merge_prob, seed),
-                                  settings, torch.device("cpu"))  # fmt: skip
+    labeler = FMbSegPseudoLabeler(
+        clip, SyntheticPointPrompter(), SyntheticMaskGenerator(merge_prob, seed), settings, torch.device("cpu")
+    )
     t0 = time.perf_counter()
     paths = sorted(images.glob("*.png"))
     run_pseudo_labels(paths, [p.stem for p in paths], vocab, work / "labels", labeler, {"exp": 1}, progress=False)
@@ -82,14 +84,33 @@ def run(n_train: int, n_test: int, epochs: int, losses: list[str], merge_prob: f
         "stage1_seconds_per_image": stage1_s,
     }
     for loss in losses:
-        ts = TrainSettings(size=112, batch_images=8, patches_per_image=64, epochs=epochs, lr=1e-3, loss=loss,
-                           templates="simple", seed=seed, log_every=1000, text_weight=text_weight)  # fmt: skip
+        ts = TrainSettings(
+            size=112,
+            batch_images=8,
+            patches_per_image=64,
+            epochs=epochs,
+            lr=1e-3,
+            loss=loss,
+            templates="simple",
+            seed=seed,
+            log_every=1000,
+            text_weight=text_weight,
+        )
         t0 = time.perf_counter()
-        train_fmbseg(images, work / "labels", work / f"run-{loss}", ts, dino=dino, clip=clip, device="cpu",
-                     progress=False)  # fmt: skip
+        train_fmbseg(
+            images, work / "labels", work / f"run-{loss}", ts, dino=dino, clip=clip, device="cpu", progress=False
+        )
         train_s = time.perf_counter() - t0
-        seg = Segmenter("fmbseg", clip=clip, dino=dino, checkpoint=str(work / f"run-{loss}"),
-                        device="cpu", short_side=154, window=None, templates="simple")  # fmt: skip
+        seg = Segmenter(
+            "fmbseg",
+            clip=clip,
+            dino=dino,
+            checkpoint=str(work / f"run-{loss}"),
+            device="cpu",
+            short_side=154,
+            window=None,
+            templates="simple",
+        )
         preds = [seg.segment(s.image, vocab).labels for s in test]
         out[f"{loss}_test_miou"] = miou(preds, [s.labels for s in test], len(names), False)
         out[f"{loss}_train_seconds"] = train_s
@@ -108,12 +129,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     r = run(args.train, args.test, args.epochs, args.losses.split(","), args.merge_prob, args.seed, args.text_weight)
-    print(f"stage 1 pseudo-labels on {args.train} training scenes: mIoU {r['pseudo_miou']:.1f} "
-          f"(unlabelled = wrong), {r['pseudo_miou_labelled']:.1f} on labelled pixels, coverage "
-          f"{r['pseudo_coverage']:.1%}, {r['stage1_seconds_per_image']:.2f} s/image")  # fmt: skip
+    print(
+        f"stage 1 pseudo-labels on {args.train} training scenes: mIoU {r['pseudo_miou']:.1f} "
+        f"(unlabelled = wrong), {r['pseudo_miou_labelled']:.1f} on labelled pixels, coverage "
+        f"{r['pseudo_coverage']:.1%}, {r['stage1_seconds_per_image']:.2f} s/image"
+    )
     for loss in args.losses.split(","):
-        print(f"stage 2 {loss:8s}: held-out mIoU {r[f'{loss}_test_miou']:.1f} on {args.test} scenes "
-              f"({args.epochs} epochs, {r[f'{loss}_train_seconds']:.0f} s)")  # fmt: skip
+        print(
+            f"stage 2 {loss:8s}: held-out mIoU {r[f'{loss}_test_miou']:.1f} on {args.test} scenes "
+            f"({args.epochs} epochs, {r[f'{loss}_train_seconds']:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

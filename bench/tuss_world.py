@@ -83,9 +83,16 @@ def compare_settings(
     for s in train[:n_lab]:
         (partial / f"{s.name}.png").write_bytes((root / "labels" / f"{s.name}.png").read_bytes())
     supervision = {"ovss": {}, "wsss": {"tags": tags}, "sss": {"labels": partial}, "fsss": {"labels": root / "labels"}}
-    results: dict[str, Any] = {"train_images": n_train, "test_images": n_test, "labelled_images": n_lab,
-                               "merge_prob": merge_prob, "seed": seed, "probe_iters": probe_iters,
-                               "text_drift": DRIFT, "method_settings": method_kw}  # fmt: skip
+    results: dict[str, Any] = {
+        "train_images": n_train,
+        "test_images": n_test,
+        "labelled_images": n_lab,
+        "merge_prob": merge_prob,
+        "seed": seed,
+        "probe_iters": probe_iters,
+        "text_drift": DRIFT,
+        "method_settings": method_kw,
+    }
     bank = None
     for setting in settings:
         out = work / setting
@@ -95,8 +102,7 @@ def compare_settings(
                 os.symlink(bank.resolve(), out / "bank")
         seg = Segmenter("tuss", clip=clip, sam=sam, device="cpu", **method_kw)
         start = time.perf_counter()
-        report = fit_tuss(seg.method, paths, stems, out, vocab, setting, fs, progress=False,
-                          **supervision[setting])  # fmt: skip
+        report = fit_tuss(seg.method, paths, stems, out, vocab, setting, fs, progress=False, **supervision[setting])
         seconds = time.perf_counter() - start
         bank = bank or out / "bank"
         seeds = [np.asarray(Image.open(out / "seeds" / f"{s.name}.png")) for s in train]

@@ -25,8 +25,20 @@ def test_segment_real_photos(tmp_path, capsys, evaldata):
         shutil.copy(evaldata / VOC / name, photos / name)
     ade = evaldata / ADE / "ADE_val_00000001.jpg"
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", photos, ade, "-c", "cat; sofa, couch; potted plant",
-                       "--background", "words", "--out", out, "--device", "cpu")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        photos,
+        ade,
+        "-c",
+        "cat; sofa, couch; potted plant",
+        "--background",
+        "words",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     for stem in ("0_image", "23_image", "ADE_val_00000001"):
         labels = np.array(Image.open(out / f"{stem}.png"))
@@ -42,8 +54,9 @@ def test_segment_real_photos(tmp_path, capsys, evaldata):
         assert sum(a["pixels"] for a in summary["areas"].values()) == labels.size
     # a re-run skips finished images
     before = (out / "0_image.json").stat().st_mtime_ns
-    code, _, err = run(capsys, "segment", photos, ade, "-c", "cat; sofa, couch; potted plant",
-                       "--background", "words", "--out", out)  # fmt: skip
+    code, _, err = run(
+        capsys, "segment", photos, ade, "-c", "cat; sofa, couch; potted plant", "--background", "words", "--out", out
+    )
     assert code == 0 and "already done" in err
     assert (out / "0_image.json").stat().st_mtime_ns == before
     # other classes into the same folder: refused rather than silently mixed
@@ -53,9 +66,28 @@ def test_segment_real_photos(tmp_path, capsys, evaldata):
 
 def test_settings_flags_are_applied_and_recorded(tmp_path, capsys, evaldata):
     out = tmp_path / "out"
-    code, _, err = run(capsys, "segment", evaldata / VOC / "1_image.png", "-c", "dog; person", "--method", "naclip",
-                       "--window", "whole", "--pamr", "2", "--logit-scale", "55", "--set", "area_thd=0.2",
-                       "--background", "threshold", "--out", out, "--no-overlay")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        evaldata / VOC / "1_image.png",
+        "-c",
+        "dog; person",
+        "--method",
+        "naclip",
+        "--window",
+        "whole",
+        "--pamr",
+        "2",
+        "--logit-scale",
+        "55",
+        "--set",
+        "area_thd=0.2",
+        "--background",
+        "threshold",
+        "--out",
+        out,
+        "--no-overlay",
+    )
     assert code == 0, err
     s = json.loads((out / "1_image.json").read_text())["settings"]
     assert s["window"] is None and s["pamr_iterations"] == 2 and s["logit_scale"] == 55 and s["area_thd"] == 0.2
@@ -162,12 +194,22 @@ def test_one_bad_image_among_good_ones(tmp_path, capsys, evaldata):
 def test_console_script_exit_codes(tmp_path, evaldata):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OVSS_CACHE_DIR": str(tmp_path / "cache")}
     exe = shutil.which("ovss") or f"{sys.executable} -m ovss.cli"
-    bad = subprocess.run([*exe.split(), "segment", str(tmp_path / "x.jpg"), "-c", "cat"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path)  # fmt: skip
+    bad = subprocess.run(
+        [*exe.split(), "segment", str(tmp_path / "x.jpg"), "-c", "cat"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no such file" in bad.stderr
     photo = evaldata / VOC / "0_image.png"
-    ok = subprocess.run([*exe.split(), "segment", str(photo), "-c", "cat", "--out", str(tmp_path / "o")],
-                        capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    ok = subprocess.run(
+        [*exe.split(), "segment", str(photo), "-c", "cat", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0 and "RANDOM" in ok.stderr  # tiny-random says so loudly
     helptext = subprocess.run([*exe.split(), "--help"], capture_output=True, text=True, env=env)
     assert helptext.returncode == 0 and "quick start" in helptext.stdout
@@ -189,7 +231,18 @@ def test_sam_refinement_makes_every_mask_one_label(tmp_path, capsys, evaldata):
     assert result.info["settings"]["refine"]["method"] == "sam" and result.info["models"]["sam"] == "tiny-random"
     plain = Segmenter("sclip", device="cpu").segment(evaldata / VOC / "0_image.png", "cat; dog; person; sofa")
     assert (plain.labels != result.labels).any()  # refinement changed something
-    code, _, err = run(capsys, "segment", evaldata / VOC / "0_image.png", "-c", "cat", "--refine", "sam",
-                       "--refine-preset", "sparse", "--out", tmp_path / "o")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        evaldata / VOC / "0_image.png",
+        "-c",
+        "cat",
+        "--refine",
+        "sam",
+        "--refine-preset",
+        "sparse",
+        "--out",
+        tmp_path / "o",
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "o" / "0_image.json").read_text())["settings"]["refine"]["preset"] == "sparse"

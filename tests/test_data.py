@@ -237,8 +237,13 @@ def test_coco_stuff_conversion_and_reader(evaldata, tmp_path):
     cat = ds.load_label(ds[0])
     names = {COCO_STUFF_171[k] if k != 255 else "unlabelled": v for k, v in _counts(cat).items()}
     panoptic = _manifest(evaldata, "hf_coco_fixtures")["entries"][0]["panoptic_category_ids_present"]
-    assert names == {"cat": panoptic["17"], "couch": panoptic["63"], "remote": panoptic["75"],
-                     "blanket": panoptic["93"], "unlabelled": panoptic["0"]}  # fmt: skip
+    assert names == {
+        "cat": panoptic["17"],
+        "couch": panoptic["63"],
+        "remote": panoptic["75"],
+        "blanket": panoptic["93"],
+        "unlabelled": panoptic["0"],
+    }
     synthetic = ds.load_label(ds[1])
     assert synthetic[every != 255].tolist() == list(range(171)) and (synthetic[every == 255] == 255).all()
     for raw, train in zip(every.ravel()[:171], synthetic.ravel()[:171]):

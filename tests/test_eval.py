@@ -44,8 +44,25 @@ def test_ground_truth_scores_100_on_every_layout(bench, evaldata, tmp_path, caps
 def test_method_runs_with_tiny_random(bench, evaldata, tmp_path, capsys):
     root = _layout(bench, evaldata, tmp_path / "data")
     out = tmp_path / "o"
-    code = main(["eval", "-m", "sclip", "-d", bench, "--root", str(root), "-o", str(out), "--limit", "2",
-                 "--set", "short_side=112", "--device", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "-m",
+            "sclip",
+            "-d",
+            bench,
+            "--root",
+            str(root),
+            "-o",
+            str(out),
+            "--limit",
+            "2",
+            "--set",
+            "short_side=112",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "mIoU" in printed

@@ -99,8 +99,11 @@ def test_parity_fails_with_the_torch_resize(evaldata, segmenters):
 
 
 def test_naclip_renormalisation_is_what_the_bar_sees(evaldata, segmenters):
-    same, rel = _compare(segmenters("naclip", renormalize_probs=False, pamr_iterations=0), evaldata / NON_SQUARE,
-                         dataclasses.replace(OFFICIAL["naclip"], pamr_steps=0))  # fmt: skip
+    same, rel = _compare(
+        segmenters("naclip", renormalize_probs=False, pamr_iterations=0),
+        evaldata / NON_SQUARE,
+        dataclasses.replace(OFFICIAL["naclip"], pamr_steps=0),
+    )
     assert same >= LABEL_BAR and rel > PROB_RTOL  # labels agree, returned probabilities do not
 
 

@@ -106,22 +106,34 @@ def synthetic_run(tmp_path_factory):
     clip, dino = SyntheticCLIP(pooling="mean_colour"), SyntheticDINO()
     vocab = build_vocabulary("; ".join(NAMES))
     settings = PseudoLabelSettings(tag_templates="simple", dense_short_side=128, dense_window=None, tag_tau=0.3)
-    labeler = FMbSegPseudoLabeler(clip, SyntheticPointPrompter(), SyntheticMaskGenerator(0.7, 0), settings,
-                                  torch.device("cpu"))  # fmt: skip
+    labeler = FMbSegPseudoLabeler(
+        clip, SyntheticPointPrompter(), SyntheticMaskGenerator(0.7, 0), settings, torch.device("cpu")
+    )
     paths = sorted((work / "images").glob("*.png"))
     stats = run_pseudo_labels(paths, [p.stem for p in paths], vocab, work / "labels", labeler, {"t": 1}, progress=False)
     pseudo = [np.array(Image.open(work / "labels" / f"{s.name}.png")) for s in train]
-    ts = TrainSettings(size=112, batch_images=4, patches_per_image=64, epochs=40, lr=1e-3, loss="text",
-                       templates="simple", log_every=1)  # fmt: skip
+    ts = TrainSettings(
+        size=112, batch_images=4, patches_per_image=64, epochs=40, lr=1e-3, loss="text", templates="simple", log_every=1
+    )
     train_fmbseg(work / "images", work / "labels", work / "run", ts, dino=dino, clip=clip, device="cpu", progress=False)
-    seg = Segmenter("fmbseg", clip=clip, dino=dino, checkpoint=str(work / "run"),
-                    device="cpu", short_side=126, window=None, templates="simple")  # fmt: skip
+    seg = Segmenter(
+        "fmbseg",
+        clip=clip,
+        dino=dino,
+        checkpoint=str(work / "run"),
+        device="cpu",
+        short_side=126,
+        window=None,
+        templates="simple",
+    )
     preds = [seg.segment(s.image, vocab).labels for s in test]
     return {
-        "work": work, "stats": stats, "vocab": vocab,
+        "work": work,
+        "stats": stats,
+        "vocab": vocab,
         "pseudo_miou": miou(pseudo, [s.labels for s in train], len(NAMES), False),
         "test_miou": miou(preds, [s.labels for s in test], len(NAMES), False),
-    }  # fmt: skip
+    }
 
 
 def test_stage1_pseudo_labels_recover_the_synthetic_truth(synthetic_run):
@@ -140,14 +152,24 @@ def test_training_resumes_and_refuses_other_settings(synthetic_run):
     work = synthetic_run["work"]
     log = (work / "run" / "loss_log.jsonl").read_text().splitlines()
     clip, dino = SyntheticCLIP(pooling="mean_colour"), SyntheticDINO()
-    ts = TrainSettings(size=112, batch_images=4, patches_per_image=64, epochs=40, lr=1e-3, loss="text",
-                       templates="simple", log_every=1)  # fmt: skip
-    result = train_fmbseg(work / "images", work / "labels", work / "run", ts, dino=dino, clip=clip, device="cpu",
-                          progress=False)  # fmt: skip
+    ts = TrainSettings(
+        size=112, batch_images=4, patches_per_image=64, epochs=40, lr=1e-3, loss="text", templates="simple", log_every=1
+    )
+    result = train_fmbseg(
+        work / "images", work / "labels", work / "run", ts, dino=dino, clip=clip, device="cpu", progress=False
+    )
     assert result["steps"] == 40 * 3 and (work / "run" / "loss_log.jsonl").read_text().splitlines() == log
     with pytest.raises(InputError, match="other data or settings"):
-        train_fmbseg(work / "images", work / "labels", work / "run", TrainSettings(size=112, epochs=1, loss="ce",
-                     templates="simple"), dino=dino, clip=clip, device="cpu", progress=False)  # fmt: skip
+        train_fmbseg(
+            work / "images",
+            work / "labels",
+            work / "run",
+            TrainSettings(size=112, epochs=1, loss="ce", templates="simple"),
+            dino=dino,
+            clip=clip,
+            device="cpu",
+            progress=False,
+        )
 
 
 VOC = "vainf_voc_samples/samples"
@@ -166,13 +188,45 @@ def test_three_commands_on_real_photos(evaldata, tmp_path, capsys):
     from ovss.cli import main
 
     photos = _photos(evaldata, tmp_path / "photos", 2)
-    assert main(["pseudo-label", str(photos), "--vocab", "cat; dog; sofa, couch; person", "--background", "words",
-                 "--out", str(tmp_path / "pl"), "--device", "cpu", "--preset", "sparse"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pseudo-label",
+                str(photos),
+                "--vocab",
+                "cat; dog; sofa, couch; person",
+                "--background",
+                "words",
+                "--out",
+                str(tmp_path / "pl"),
+                "--device",
+                "cpu",
+                "--preset",
+                "sparse",
+            ]
+        )
+        == 0
+    )
     label = np.array(Image.open(tmp_path / "pl" / "0_image.png"))
     assert label.shape == Image.open(photos / "0_image.png").size[::-1] and label.dtype == np.uint8
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 255}
-    train = ["train", "--images", str(photos), "--labels", str(tmp_path / "pl"), "--out", str(tmp_path / "run"),
-             "--epochs", "1", "--set", "size=112", "--set", "batch_images=2", "--device", "cpu"]  # fmt: skip
+    train = [
+        "train",
+        "--images",
+        str(photos),
+        "--labels",
+        str(tmp_path / "pl"),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--set",
+        "size=112",
+        "--set",
+        "batch_images=2",
+        "--device",
+        "cpu",
+    ]
     labelled = [np.array(Image.open(p)) for p in sorted((tmp_path / "pl").glob("*_image.png"))]
     if all((lab == 255).all() for lab in labelled):  # random tiny SAM/CLIP: often no mask is kept
         assert main(train) == 2 and "no training step was made" in capsys.readouterr().err
@@ -183,8 +237,23 @@ def test_three_commands_on_real_photos(evaldata, tmp_path, capsys):
             save_image(p, Image.fromarray(lab))
     assert main(train) == 0
     run = tmp_path / "run"  # the folder `ovss train` wrote, as a new user passes it
-    assert main(["segment", str(photos / "1_image.png"), "-m", "fmbseg", "--checkpoint", str(run), "-c",
-                 "cat; dog", "--out", str(tmp_path / "seg")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(photos / "1_image.png"),
+                "-m",
+                "fmbseg",
+                "--checkpoint",
+                str(run),
+                "-c",
+                "cat; dog",
+                "--out",
+                str(tmp_path / "seg"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "seg" / "1_image.json").read_text())
     assert summary["models"]["checkpoint"].startswith(str(run)) and summary["models"]["dino"] == "tiny-random"
     err = capsys.readouterr().err
@@ -199,8 +268,21 @@ def test_killing_pseudo_label_loses_no_finished_image(evaldata, tmp_path):
 
     photos = _photos(evaldata, tmp_path / "photos", 6)
     out = tmp_path / "pl"
-    cmd = [sys.executable, "-m", "ovss.cli", "pseudo-label", str(photos), "--vocab", "cat; dog; person", "--out",
-           str(out), "--device", "cpu", "--preset", "sparse"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ovss.cli",
+        "pseudo-label",
+        str(photos),
+        "--vocab",
+        "cat; dog; person",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--preset",
+        "sparse",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240

@@ -270,5 +270,6 @@ def test_one_knn_search_serves_graphs_of_smaller_k():
     shared = LabelPropagator(LPConfig(k=50, knn_backend="torch")).neighbours(emb)
     assert shared[0].shape == (300, 50)
     torch.testing.assert_close(lp12(emb, seeds, shared).scores, lp12(emb, seeds).scores)
-    assert not torch.allclose(LabelPropagator(LPConfig(k=50, knn_backend="torch"))(emb, seeds).scores,
-                              lp12(emb, seeds).scores)  # fmt: skip
+    assert not torch.allclose(
+        LabelPropagator(LPConfig(k=50, knn_backend="torch"))(emb, seeds).scores, lp12(emb, seeds).scores
+    )

@@ -264,10 +264,16 @@ def test_fused_decoder_matches_transformers(tiny_sam, photo):
     pts = np.array([[3.0, 4.0], [120.5, 60.25], [250.0, 180.0], [17.0, 150.0], [99.0, 99.0]])
     with torch.no_grad():
         emb = sam_image_embedding(model, pixels, tiny_sam.input_size)
-        ref = model(image_embeddings=emb, input_points=torch.tensor(pts, dtype=torch.float)[None, :, None, :],
-                    multimask_output=True)  # fmt: skip
-        single = model(image_embeddings=emb, input_points=torch.tensor(pts, dtype=torch.float)[None, :, None, :],
-                       multimask_output=False)  # fmt: skip
+        ref = model(
+            image_embeddings=emb,
+            input_points=torch.tensor(pts, dtype=torch.float)[None, :, None, :],
+            multimask_output=True,
+        )
+        single = model(
+            image_embeddings=emb,
+            input_points=torch.tensor(pts, dtype=torch.float)[None, :, None, :],
+            multimask_output=False,
+        )
         for micro in (1, 2, 5):
             state = SamCropState(model, emb, tiny_sam.input_size, hw, photo.shape[:2], micro_batch=micro)
             iou, pairs, logits = state.predict(pts, True, lambda i: torch.ones_like(i, dtype=torch.bool))
@@ -330,8 +336,16 @@ def test_generator_outputs_meta_records(tiny_sam, small_photo):
     out = gen.generate(small_photo)
     assert len(out) > 10
     for rec in out:
-        assert set(rec) >= {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score",
-                            "crop_box", "level"}  # fmt: skip
+        assert set(rec) >= {
+            "segmentation",
+            "area",
+            "bbox",
+            "predicted_iou",
+            "point_coords",
+            "stability_score",
+            "crop_box",
+            "level",
+        }
         assert rec["segmentation"].shape == small_photo.shape[:2] and rec["segmentation"].sum() == rec["area"]
         assert rec["predicted_iou"] > 0.5 and rec["stability_score"] >= 0.05 and rec["level"] in (0, 1, 2)
         assert rec["crop_box"] == [0, 0, 171, 128]
@@ -377,8 +391,7 @@ def test_crops_small_regions_and_containment_run(tiny_sam, small_photo):
 
 
 def test_lower_input_size_and_low_res_stability(tiny_sam, small_photo):
-    gen = SamMaskGenerator(tiny_sam, points_per_side=4, input_size=128, stability_at="low", box_nms_thresh=1.0,
-                           **LOOSE)  # fmt: skip
+    gen = SamMaskGenerator(tiny_sam, points_per_side=4, input_size=128, stability_at="low", box_nms_thresh=1.0, **LOOSE)
     assert all(r["segmentation"].shape == small_photo.shape[:2] for r in gen.generate(small_photo))
 
 
@@ -415,8 +428,9 @@ def test_bad_inputs(tiny_sam, tmp_path):
     out = SamMaskGenerator(tiny_sam, points_per_side=2, crop_n_layers=2, **LOOSE).generate(tiny_img)
     assert isinstance(out, MaskSet)
     # a crop layer whose grid rounds down to 0 points contributes nothing
-    out = SamMaskGenerator(tiny_sam, points_per_side=2, crop_n_layers=1, crop_n_points_downscale_factor=4,
-                           **LOOSE).generate(tiny_img)  # fmt: skip
+    out = SamMaskGenerator(
+        tiny_sam, points_per_side=2, crop_n_layers=1, crop_n_points_downscale_factor=4, **LOOSE
+    ).generate(tiny_img)
     assert isinstance(out, MaskSet)
     # nothing passes: an empty mask set, and everything downstream accepts it
     empty = SamMaskGenerator(tiny_sam, points_per_side=2, pred_iou_thresh=100.0).generate(tiny_img)
@@ -435,8 +449,16 @@ def test_model_loading(tmp_path):
     assert loaded.kind == "sam" and loaded.input_size == 256
     from transformers import Dinov2Config, Dinov2Model
 
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=28, patch_size=14)).save_pretrained(tmp_path / "dino")  # fmt: skip
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=28,
+            patch_size=14,
+        )
+    ).save_pretrained(tmp_path / "dino")
     with pytest.raises(ModelLoadError, match="not SAM"):
         load_sam(str(tmp_path / "dino"))
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
@@ -546,9 +568,24 @@ def test_cli_hook_writes_resumable_outputs(evaldata, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="ovss")
     add_masks_parser(parser.add_subparsers(dest="command"))
     image = evaldata / PHOTO
-    argv = ["masks", str(image), "--out", str(tmp_path / "out"), "--sam", "tiny-random", "--device", "cpu",
-            "--set", "points_per_side=4", "--set", "pred_iou_thresh=0.5", "--set", "stability_score_thresh=0.05",
-            "--set", "stability_score_offset=0.3"]  # fmt: skip
+    argv = [
+        "masks",
+        str(image),
+        "--out",
+        str(tmp_path / "out"),
+        "--sam",
+        "tiny-random",
+        "--device",
+        "cpu",
+        "--set",
+        "points_per_side=4",
+        "--set",
+        "pred_iou_thresh=0.5",
+        "--set",
+        "stability_score_thresh=0.05",
+        "--set",
+        "stability_score_offset=0.3",
+    ]
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

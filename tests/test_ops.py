@@ -105,10 +105,17 @@ def test_postprocess_matches_sclip_rule(area_thd, prob_thd):
     scores = torch.randn(7, 40, 30) * 0.05
     ref_lab, ref_probs = _sclip_reference(scores, query_class, 40.0, prob_thd, area_thd)
     lab, probs = postprocess(
-        lambda rows: scores[:, rows], (40, 30), query_class, 4, logit_scale=40.0, prob_thd=prob_thd,
-        area_thd=area_thd, has_background=True, bands=list(row_bands(40, 30, 7, budget=7 * 30 * 7)),
+        lambda rows: scores[:, rows],
+        (40, 30),
+        query_class,
+        4,
+        logit_scale=40.0,
+        prob_thd=prob_thd,
+        area_thd=area_thd,
+        has_background=True,
+        bands=list(row_bands(40, 30, 7, budget=7 * 30 * 7)),
         return_probs=True,
-    )  # fmt: skip
+    )
     assert torch.equal(lab, ref_lab)
     assert torch.allclose(probs, ref_probs, atol=1e-6)
 

@@ -166,8 +166,15 @@ def test_stand_in_satisfies_the_backbone_protocols(clip):
 
 
 def test_text_embeddings_encode_colour_names(clip):
-    texts = ["red", "a photo of a red.", "a bad photo of the red.", "a photo of a crimson.",
-             "a black and white photo of the red.", "a photo of a sky.", "RED!"]  # fmt: skip
+    texts = [
+        "red",
+        "a photo of a red.",
+        "a bad photo of the red.",
+        "a photo of a crimson.",
+        "a black and white photo of the red.",
+        "a photo of a sky.",
+        "RED!",
+    ]
     emb = clip.encode_text(texts)
     assert emb.shape == (len(texts), clip.dim) and emb.dtype == torch.float32
     assert torch.allclose(emb.norm(dim=1), torch.ones(len(texts)), atol=1e-5)
@@ -184,8 +191,12 @@ def test_text_embeddings_encode_colour_names(clip):
 
 def test_fingerprint_tracks_parameters(clip):
     assert SyntheticCLIP().fingerprint == clip.fingerprint
-    others = [SyntheticCLIP(dim=48), SyntheticCLIP(seed=1), SyntheticCLIP(temperature=5.0),
-              SyntheticCLIP(pooling="mean_colour")]  # fmt: skip
+    others = [
+        SyntheticCLIP(dim=48),
+        SyntheticCLIP(seed=1),
+        SyntheticCLIP(temperature=5.0),
+        SyntheticCLIP(pooling="mean_colour"),
+    ]
     assert len({clip.fingerprint, *(o.fingerprint for o in others)}) == 1 + len(others)
     assert not torch.allclose(SyntheticCLIP(seed=1).encode_text(["red"]), clip.encode_text(["red"]))
 

@@ -21,8 +21,10 @@ class _Fixed:
 
     def generate(self, image):
         h, w = image.shape[:2]
-        recs = [{"segmentation": m, "area": int(m.sum()), "predicted_iou": 0.9, "level": lv}
-                for m, lv in zip(self.masks, self.levels)]  # fmt: skip
+        recs = [
+            {"segmentation": m, "area": int(m.sum()), "predicted_iou": 0.9, "level": lv}
+            for m, lv in zip(self.masks, self.levels)
+        ]
         return MaskSet(recs, (h, w))
 
 
@@ -30,8 +32,9 @@ def test_synthetic_scenes_are_recovered():
     torch.set_num_threads(1)
     names = list(PALETTE)
     scenes = make_dataset(3, seed=7, size=(160, 192), classes=names, n_regions=4, noise=20, texture=15)
-    seg = Segmenter("tuss", clip=SyntheticCLIP(), sam=SyntheticMaskGenerator(), device="cpu", templates="simple",
-                    short_side=160)  # fmt: skip
+    seg = Segmenter(
+        "tuss", clip=SyntheticCLIP(), sam=SyntheticMaskGenerator(), device="cpu", templates="simple", short_side=160
+    )
     for scene in scenes:
         pred = seg.segment(scene.image, names).labels
         assert pixel_accuracy(pred, scene.labels) > 0.9
@@ -56,8 +59,9 @@ def test_whole_level_masks_are_painted_last():
 
 def test_real_photo_with_tiny_models(evaldata):
     seg = Segmenter("tuss", device="cpu", unpainted="dense")
-    result = seg.segment(evaldata / "vainf_voc_samples/samples/0_image.png", "cat; dog; person", background="words",
-                         return_probs=True)  # fmt: skip
+    result = seg.segment(
+        evaldata / "vainf_voc_samples/samples/0_image.png", "cat; dog; person", background="words", return_probs=True
+    )
     assert result.labels.shape == result.probs.shape[1:] and result.probs.shape[0] == 4
     assert result.info["models"] == {"clip": "tiny-random", "sam": "tiny-random"}
 
@@ -146,8 +150,9 @@ def _reference_map(method, image, masks):
 
     def fn(batch, boxes):
         grid = (batch.shape[-2] // clip.patch_size, batch.shape[-1] // clip.patch_size)
-        bias = torch.stack([discrimination_bias(small[:, a:b, c:d], grid, patches_see_cls=s.patches_see_cls)
-                            for a, b, c, d in boxes])  # fmt: skip
+        bias = torch.stack(
+            [discrimination_bias(small[:, a:b, c:d], grid, patches_see_cls=s.patches_see_cls) for a, b, c, d in boxes]
+        )
         return clip.dense_features(batch, "sclip", bias=bias).float()
 
     whole = F.interpolate(fn(pixels[None], [(0, h, 0, w)]), size=(h, w), mode="bilinear", align_corners=False)[0]
@@ -170,9 +175,11 @@ def test_pooled_embeddings_equal_pooling_the_map():
     masks[1, 30:, 50:] = True
     masks[2] = torch.from_numpy(rng.random((70, 101)) > 0.7)  # scattered pixels
     # masks[3] stays empty: pools to zeros
-    for settings in (dict(short_side=64, window=(32, 16)),
-                     dict(short_side=64, window=((48, 16), (32, 16)), global_weight=0.0, patches_see_cls=False),
-                     dict(short_side=48, window=None, global_weight=1.0)):  # fmt: skip
+    for settings in (
+        dict(short_side=64, window=(32, 16)),
+        dict(short_side=64, window=((48, 16), (32, 16)), global_weight=0.0, patches_see_cls=False),
+        dict(short_side=48, window=None, global_weight=1.0),
+    ):
         method = _tiny_tuss(**settings).method
         fmap = method.embedding_map(rgb, masks)
         torch.testing.assert_close(fmap, _reference_map(method, rgb, masks), atol=1e-5, rtol=1e-5)

@@ -49,10 +49,25 @@ VOC = "vainf_voc_samples"
 PHOTOS = ("0_image", "23_image", "1_image")
 SETTINGS = ("ovss", "wsss", "sss", "fsss")
 LOOSE = "test-loose"
-LOOSE_SETTINGS = {"points_per_side": 4, "pred_iou_thresh": -10.0, "stability_score_thresh": 0.0,
-                  "box_nms_thresh": 1.0, "stability_at": "low"}  # fmt: skip
-FIT_ARGS = ["--device", "cpu", "--preset", LOOSE, "--set", "short_side=224", "--set", "probe_iters=50",
-            "--set", "probe_warmup=5"]  # fmt: skip
+LOOSE_SETTINGS = {
+    "points_per_side": 4,
+    "pred_iou_thresh": -10.0,
+    "stability_score_thresh": 0.0,
+    "box_nms_thresh": 1.0,
+    "stability_at": "low",
+}
+FIT_ARGS = [
+    "--device",
+    "cpu",
+    "--preset",
+    LOOSE,
+    "--set",
+    "short_side=224",
+    "--set",
+    "probe_iters=50",
+    "--set",
+    "probe_warmup=5",
+]
 VOC21 = _vocabulary_arg("voc21", None, family="tuss")  # TUSS's 25 VOC background words
 
 NAMES = ["red", "green", "blue", "yellow", "white"]
@@ -110,16 +125,21 @@ def voc(module_env, tmp_path_factory, evaldata):
     tags = {}
     for stem in PHOTOS:
         shutil.copy(evaldata / VOC / "samples" / f"{stem}.png", images / f"{stem}.png")
-        shutil.copy(evaldata / VOC / "derived/SegmentationClass" / stem.replace("image", "target.png"),
-                    labels / f"{stem}.png")  # fmt: skip
+        shutil.copy(
+            evaldata / VOC / "derived/SegmentationClass" / stem.replace("image", "target.png"), labels / f"{stem}.png"
+        )
         present = sorted(set(np.unique(_png(labels / f"{stem}.png")).tolist()) - {0, 255})
         tags[f"{stem}.png"] = [VOC21.names[c] for c in present]
     tags["0_image.png"] = [t.upper() for t in tags["0_image.png"]]  # tags are case-insensitive
     for stem in PHOTOS[:2]:  # sss: the third photo is unlabelled
         shutil.copy(labels / f"{stem}.png", partial / f"{stem}.png")
     (work / "tags.json").write_text(json.dumps(tags))
-    supervision = {"ovss": [], "wsss": ["--tags", work / "tags.json"], "sss": ["--labels", partial],
-                   "fsss": ["--labels", labels]}  # fmt: skip
+    supervision = {
+        "ovss": [],
+        "wsss": ["--tags", work / "tags.json"],
+        "sss": ["--labels", partial],
+        "fsss": ["--labels", labels],
+    }
     runs = {}
     for setting, extra in supervision.items():
         out = work / setting
@@ -127,12 +147,37 @@ def voc(module_env, tmp_path_factory, evaldata):
             _link_bank(work / "ovss" / "bank", out)
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            code = main([str(a) for a in ["fit", "tuss", "--setting", setting, "--images", images, "--vocab", "voc21",
-                                          "--out", out, *FIT_ARGS, *extra]])  # fmt: skip
+            code = main(
+                [
+                    str(a)
+                    for a in [
+                        "fit",
+                        "tuss",
+                        "--setting",
+                        setting,
+                        "--images",
+                        images,
+                        "--vocab",
+                        "voc21",
+                        "--out",
+                        out,
+                        *FIT_ARGS,
+                        *extra,
+                    ]
+                ]
+            )
         runs[setting] = (code, err.getvalue())
     tag_index = {Path(k).stem: {VOC21.names.index(t.lower()) for t in v} for k, v in tags.items()}
-    return SimpleNamespace(work=work, images=images, labels=labels, partial=partial, tags=work / "tags.json",
-                           tag_index=tag_index, runs=runs, bank=work / "ovss" / "bank")  # fmt: skip
+    return SimpleNamespace(
+        work=work,
+        images=images,
+        labels=labels,
+        partial=partial,
+        tags=work / "tags.json",
+        tag_index=tag_index,
+        runs=runs,
+        bank=work / "ovss" / "bank",
+    )
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -174,8 +219,20 @@ def test_fit_cli_on_real_photos_then_segment_with_the_classifier(voc, setting, t
     # segment with the classifier, classes left out: its classes and its recorded settings
     target = out / "model.safetensors" if setting == "fsss" else out  # the file itself works too
     seg_out = tmp_path / "seg"
-    code, _, err = run(capsys, "segment", voc.images / "23_image.png", "--method", "tuss", "--classifier", target,
-                       "--out", seg_out, "--device", "cpu", "--no-overlay")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        voc.images / "23_image.png",
+        "--method",
+        "tuss",
+        "--classifier",
+        target,
+        "--out",
+        seg_out,
+        "--device",
+        "cpu",
+        "--no-overlay",
+    )
     assert code == 0, err
     labels = _png(seg_out / "23_image.png")
     assert labels.shape == (513, 513)
@@ -207,8 +264,21 @@ def test_fit_cli_resumes_only_the_unfinished_image(voc, tmp_path, capsys, monkey
     kept = {p.name: p.stat().st_mtime_ns for p in bank.iterdir() if not p.name.startswith((redo, "."))}
     assert len(kept) == 4
     calls = _counting_embed(monkeypatch)
-    argv = ["fit", "tuss", "--setting", "wsss", "--images", voc.images, "--vocab", "voc21", "--out", out, *FIT_ARGS,
-            "--tags", voc.tags]  # fmt: skip
+    argv = [
+        "fit",
+        "tuss",
+        "--setting",
+        "wsss",
+        "--images",
+        voc.images,
+        "--vocab",
+        "voc21",
+        "--out",
+        out,
+        *FIT_ARGS,
+        "--tags",
+        voc.tags,
+    ]
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     assert calls == [(513, 513, 3)]  # only the unfinished image was embedded again
@@ -344,8 +414,21 @@ def test_bad_fit_input(voc, tmp_path, capsys, case):
     out = tmp_path / "out"
     if linked:  # checks that come after the bank: reuse the finished one
         _link_bank(voc.bank, out)
-    code, _, err = run(capsys, "fit", "tuss", "--setting", setting, "--images", voc.images, "--vocab", "voc21",
-                       "--out", out, *FIT_ARGS, *extra(voc, tmp_path))  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "fit",
+        "tuss",
+        "--setting",
+        setting,
+        "--images",
+        voc.images,
+        "--vocab",
+        "voc21",
+        "--out",
+        out,
+        *FIT_ARGS,
+        *extra(voc, tmp_path),
+    )
     assert code == 2
     errors = error_lines(err)
     assert len(errors) == 1 and message in errors[0], err
@@ -408,8 +491,20 @@ CLASSIFIER_CASES = {
 def test_bad_classifier(voc, tmp_path, capsys, case):
     make, extra, message = CLASSIFIER_CASES[case]
     seg_out = tmp_path / "seg"
-    code, _, err = run(capsys, "segment", voc.images / "0_image.png", "--method", "tuss", "--classifier",
-                       make(tmp_path), "--out", seg_out, "--device", "cpu", *extra)  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        voc.images / "0_image.png",
+        "--method",
+        "tuss",
+        "--classifier",
+        make(tmp_path),
+        "--out",
+        seg_out,
+        "--device",
+        "cpu",
+        *extra,
+    )
     assert code == 2
     errors = error_lines(err)
     assert len(errors) == 1 and message in errors[0], err
@@ -420,26 +515,66 @@ def test_bad_classifier(voc, tmp_path, capsys, case):
 def test_segment_refuses_other_classes_than_the_classifiers(voc, tmp_path, capsys):
     assert voc.runs["sss"][0] == 0
     seg_out = tmp_path / "seg"
-    code, _, err = run(capsys, "segment", voc.images / "0_image.png", "--method", "tuss", "--classifier",
-                       voc.work / "sss", "--classes", "cat; dog", "--out", seg_out, "--device", "cpu")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        voc.images / "0_image.png",
+        "--method",
+        "tuss",
+        "--classifier",
+        voc.work / "sss",
+        "--classes",
+        "cat; dog",
+        "--out",
+        seg_out,
+        "--device",
+        "cpu",
+    )
     assert code == 2
     assert "this checkpoint was fitted for the classes background; aeroplane" in error_lines(err)[0], err
     assert "Traceback" not in err
     assert not seg_out.exists() or not any(seg_out.glob("*.png"))
     # the classifier's own classes, given explicitly, are accepted
     names = "; ".join(VOC21.names[1:])
-    code, _, err = run(capsys, "segment", voc.images / "0_image.png", "--method", "tuss", "--classifier",
-                       voc.work / "sss", "--classes", names, "--background", "words", "--out", seg_out,
-                       "--device", "cpu")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        voc.images / "0_image.png",
+        "--method",
+        "tuss",
+        "--classifier",
+        voc.work / "sss",
+        "--classes",
+        names,
+        "--background",
+        "words",
+        "--out",
+        seg_out,
+        "--device",
+        "cpu",
+    )
     # "words" gives SCLIP's 26 background words; voc21's background has the same name
     assert code == 0, err
 
 
 def test_segment_other_classes_is_one_error_before_any_image(voc, tmp_path, capsys, monkeypatch):
     calls = _counting_embed(monkeypatch)
-    code, _, err = run(capsys, "segment", voc.images / "0_image.png", voc.images / "1_image.png", "--method", "tuss",
-                       "--classifier", voc.work / "sss", "--classes", "cat; dog", "--out", tmp_path / "seg",
-                       "--device", "cpu")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        voc.images / "0_image.png",
+        voc.images / "1_image.png",
+        "--method",
+        "tuss",
+        "--classifier",
+        voc.work / "sss",
+        "--classes",
+        "cat; dog",
+        "--out",
+        tmp_path / "seg",
+        "--device",
+        "cpu",
+    )
     assert code == 2
     assert len(error_lines(err)) == 1, err
     assert calls == []
@@ -463,15 +598,25 @@ def syn(module_env, tmp_path_factory):
     fit_tuss(seg.method, paths, stems, work / "ovss", vocab, "ovss", fit_settings({}), progress=False)
     tags = work / "tags.json"
     tags.write_text(json.dumps({f"{s.name}.png": s.present_classes for s in scenes}))
-    return SimpleNamespace(work=work, scenes=scenes, root=root, paths=paths, stems=stems, seg=seg, vocab=vocab,
-                           bank=work / "ovss" / "bank", tags=tags)  # fmt: skip
+    return SimpleNamespace(
+        work=work,
+        scenes=scenes,
+        root=root,
+        paths=paths,
+        stems=stems,
+        seg=seg,
+        vocab=vocab,
+        bank=work / "ovss" / "bank",
+        tags=tags,
+    )
 
 
 def _fit(syn, out: Path, setting: str, overrides: dict | None = None, vocab=None, **supervision):
     _link_bank(syn.bank, out)
     fs = fit_settings({**FAST, **(overrides or {})})
-    return fit_tuss(syn.seg.method, syn.paths, syn.stems, out, vocab or syn.vocab, setting, fs, progress=False,
-                    **supervision)  # fmt: skip
+    return fit_tuss(
+        syn.seg.method, syn.paths, syn.stems, out, vocab or syn.vocab, setting, fs, progress=False, **supervision
+    )
 
 
 def test_classifier_round_trip(syn, tmp_path, monkeypatch):
@@ -510,13 +655,15 @@ def test_classifier_round_trip(syn, tmp_path, monkeypatch):
     assert (seg.settings.window, seg.settings.short_side, seg.settings.templates) == ((96, 32), 160, "simple")
     result = seg.segment(scene.image)
     assert result.class_names == NAMES
-    expected = paint(me.masks, me.levels, loaded.glcc.predict(me.embeddings).T,
-                     np.zeros(scene.labels.shape, dtype=np.int32))  # fmt: skip
+    expected = paint(
+        me.masks, me.levels, loaded.glcc.predict(me.embeddings).T, np.zeros(scene.labels.shape, dtype=np.int32)
+    )
     assert np.array_equal(result.labels, expected)
     assert pixel_accuracy(result.labels, scene.labels) > 0.8
     # settings given explicitly win over the recorded ones
-    other = Segmenter("tuss", clip=SyntheticCLIP(), sam=SyntheticMaskGenerator(), device="cpu", checkpoint=str(out),
-                      short_side=128)  # fmt: skip
+    other = Segmenter(
+        "tuss", clip=SyntheticCLIP(), sam=SyntheticMaskGenerator(), device="cpu", checkpoint=str(out), short_side=128
+    )
     assert other.settings.short_side == 128 and other.settings.window == (96, 32)
 
 
@@ -558,8 +705,9 @@ def test_heldout_selection_of_lp_weight_and_k_bar(syn, tmp_path):
 
     # a sweep of one's own, more held-out images; fsss takes them out of the training set
     out = tmp_path / "fsss_sweep"
-    sel = _fit(syn, out, "fsss", {"k_bars": (3, 6), "lp_weights": (0.5, 4.0), "heldout": 0.5},
-               labels=syn.root / "labels")["selection"]  # fmt: skip
+    sel = _fit(
+        syn, out, "fsss", {"k_bars": (3, 6), "lp_weights": (0.5, 4.0), "heldout": 0.5}, labels=syn.root / "labels"
+    )["selection"]
     assert len(sel["heldout_images"]) == 3 and set(sel["heldout_images"]) <= set(syn.stems)
     assert [(r["k_bar"], r["lp_weight"]) for r in sel["table"]] == [(3, 0.5), (3, 4.0), (6, 0.5), (6, 4.0)]
     # one of the two fixed: only the other is swept
@@ -593,11 +741,21 @@ def test_api_refit_with_other_embedding_settings_does_not_reuse_the_bank(syn, tm
     out = tmp_path / "fsss"
     shutil.copytree(syn.bank, out / "bank")
     calls = _counting_embed(monkeypatch)
-    other = Segmenter("tuss", clip=SyntheticCLIP(), sam=SyntheticMaskGenerator(), device="cpu",
-                      **{**METHOD_KW, "short_side": 128})  # fmt: skip
+    other = Segmenter(
+        "tuss", clip=SyntheticCLIP(), sam=SyntheticMaskGenerator(), device="cpu", **{**METHOD_KW, "short_side": 128}
+    )
     try:
-        fit_tuss(other.method, syn.paths, syn.stems, out, syn.vocab, "fsss", fit_settings({**FAST, "heldout": 0.0}),
-                 labels=syn.root / "labels", progress=False)  # fmt: skip
+        fit_tuss(
+            other.method,
+            syn.paths,
+            syn.stems,
+            out,
+            syn.vocab,
+            "fsss",
+            fit_settings({**FAST, "heldout": 0.0}),
+            labels=syn.root / "labels",
+            progress=False,
+        )
     except InputError as e:
         assert "other classes or settings" in str(e)
     else:
@@ -636,10 +794,7 @@ def test_other_classes_are_refused_even_when_sam_finds_no_mask(syn, tmp_path):
 
 
 def test_votes_are_exact_fractions_ignoring_255():
-    label = np.array([[0, 0, 1, 1],
-                      [0, 0, 1, 1],
-                      [2, 2, 255, 255],
-                      [2, 2, 255, 255]])  # fmt: skip
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [2, 2, 255, 255]])
     masks = torch.zeros(3, 4, 4, dtype=torch.bool)
     masks[0, :2] = True  # 4 x class 0, 4 x class 1
     masks[1, 1:, 1:] = True  # 1 x class 0, 2 x class 1, 2 x class 2, 4 x 255
@@ -661,16 +816,17 @@ def test_paint_orders_by_level_then_confidence():
     corner[0, 3] = True
     masks = torch.stack([whole, left, right_top, corner])
     levels = [2, 0, 2, 2]
-    scores = torch.tensor([[0.6, 0.0, 0.0, 0.0],  # whole: class 0, confidence 0.6
-                           [0.0, 0.99, 0.0, 0.0],  # left: class 1, the surest, but a sub-part (level 0)
-                           [0.0, 0.0, 0.7, 0.0],  # right_top: class 2, surer than whole
-                           [0.0, 0.0, 0.0, 0.5]])  # corner: class 3, least sure of level 2  # fmt: skip
+    scores = torch.tensor(
+        [
+            [0.6, 0.0, 0.0, 0.0],  # whole: class 0, confidence 0.6
+            [0.0, 0.99, 0.0, 0.0],  # left: class 1, the surest, but a sub-part (level 0)
+            [0.0, 0.0, 0.7, 0.0],  # right_top: class 2, surer than whole
+            [0.0, 0.0, 0.0, 0.5],
+        ]
+    )  # corner: class 3, least sure of level 2
     fill = np.full((4, 4), 255, dtype=np.int32)
     out = paint(masks, levels, scores, fill)
-    expected = np.array([[0, 0, 2, 2],
-                         [0, 0, 2, 2],
-                         [0, 0, 0, 0],
-                         [0, 0, 0, 0]])  # fmt: skip
+    expected = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0]])
     assert np.array_equal(out, expected)  # left under whole; corner (0.5) under whole (0.6) under right_top (0.7)
     assert (fill == 255).all()  # the fill is copied, not painted over
     assert np.array_equal(paint(masks[1:2], [0], scores[:, 1:2], fill)[:, 2:], fill[:, 2:])  # unpainted: the fill

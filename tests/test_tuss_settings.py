@@ -11,8 +11,10 @@ import torch
 from tuss_world import compare_settings
 
 # random SAM weights score low: loose thresholds, a small grid and no crops, so tiny-random SAM finds masks
-SMOKE_SAM = ("sam_settings={'points_per_side': 8, 'crop_n_layers': 0, 'pred_iou_thresh': 0.5, "
-             "'stability_score_thresh': 0.05, 'stability_score_offset': 0.3, 'min_mask_region_area': 0}")  # fmt: skip
+SMOKE_SAM = (
+    "sam_settings={'points_per_side': 8, 'crop_n_layers': 0, 'pred_iou_thresh': 0.5, "
+    "'stability_score_thresh': 0.05, 'stability_score_offset': 0.3, 'min_mask_region_area': 0}"
+)
 
 
 def test_more_supervision_segments_better(tmp_path):
@@ -42,13 +44,52 @@ def test_eval_harness_uses_a_fitted_classifier(evaldata, tmp_path, capsys):
     train.mkdir()
     for p in sorted((voc / "JPEGImages").glob("*.jpg"))[:3]:
         shutil.copy(p, train / p.name)
-    fit = ["fit", "tuss", "--setting", "sss", "--images", str(train), "--labels", str(voc / "SegmentationClass"),
-           "--vocab", "voc21", "--out", str(tmp_path / "clf"), "--set", "probe_iters=20", "--set", "probe_warmup=2",
-           "--set", "lp_k=5", "--set", "heldout=0", "--set", "k_bar=3", "--set", "short_side=112",
-           "--set", SMOKE_SAM]  # fmt: skip
+    fit = [
+        "fit",
+        "tuss",
+        "--setting",
+        "sss",
+        "--images",
+        str(train),
+        "--labels",
+        str(voc / "SegmentationClass"),
+        "--vocab",
+        "voc21",
+        "--out",
+        str(tmp_path / "clf"),
+        "--set",
+        "probe_iters=20",
+        "--set",
+        "probe_warmup=2",
+        "--set",
+        "lp_k=5",
+        "--set",
+        "heldout=0",
+        "--set",
+        "k_bar=3",
+        "--set",
+        "short_side=112",
+        "--set",
+        SMOKE_SAM,
+    ]
     assert main(fit) == 0
-    code = main(["eval", "--method", "tuss", "--dataset", "voc21", "--root", str(tmp_path / "data"), "--limit", "2",
-                 "--classifier", str(tmp_path / "clf"), "--out", str(tmp_path / "run")])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--method",
+            "tuss",
+            "--dataset",
+            "voc21",
+            "--root",
+            str(tmp_path / "data"),
+            "--limit",
+            "2",
+            "--classifier",
+            str(tmp_path / "clf"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "run" / "results.json").read_text())
     assert report["settings"]["short_side"] == 112  # the classifier's embedding settings beat the protocol's 448
@@ -85,10 +126,12 @@ def test_two_ranks_share_the_bank_and_rank0_fits(tmp_path, monkeypatch):
     def fit(rank: int):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        method = Segmenter("tuss", clip=clip, sam=sam, device="cpu", templates="simple", short_side=96,
-                           window=(64, 32)).method  # fmt: skip
-        return fit_tuss(method, paths, stems, tmp_path / "out", vocab, "sss", fs, labels=root / "labels",
-                        progress=False)  # fmt: skip
+        method = Segmenter(
+            "tuss", clip=clip, sam=sam, device="cpu", templates="simple", short_side=96, window=(64, 32)
+        ).method
+        return fit_tuss(
+            method, paths, stems, tmp_path / "out", vocab, "sss", fs, labels=root / "labels", progress=False
+        )
 
     assert fit(1) is None and len(embedded) == 2  # rank 1: images 1 and 3, no fit
     assert not (tmp_path / "out" / "classifier.safetensors").exists()

@@ -49,8 +49,16 @@ class Segmenter:
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
         # protocol (with a benchmark) < checkpoint < the caller's own settings; every origin recorded
-        built = build_method(method, self.device, {"clip": clip, "dino": dino, "sam": sam}, checkpoint, benchmark,
-                             protocol, cache, **settings)  # fmt: skip
+        built = build_method(
+            method,
+            self.device,
+            {"clip": clip, "dino": dino, "sam": sam},
+            checkpoint,
+            benchmark,
+            protocol,
+            cache,
+            **settings,
+        )
         self.spec, self.method, self.backbone_names = built.spec, built.method, built.backbone_names
         self.settings, self.provenance = built.resolved.settings, built.resolved.provenance
         self.protocol, self.checkpoint = built.resolved.protocol, built.resolved.checkpoint

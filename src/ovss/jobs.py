@@ -207,8 +207,15 @@ def _process_start(pid: int) -> str | None:
 
 def _me(kind: str) -> dict[str, Any]:
     rank, world = dist_info()
-    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()), "kind": kind,
-            "rank": rank, "world": world, "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _process_start(os.getpid()),
+        "kind": kind,
+        "rank": rank,
+        "world": world,
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _owner_alive(owner: dict[str, Any]) -> bool:

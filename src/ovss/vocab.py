@@ -14,10 +14,33 @@ from .errors import InputError
 
 # SCLIP's 26 background words for VOC21 and COCO-Object (docs/reference-protocol.md §5.4).
 BACKGROUND_WORDS_26 = (
-    "sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain", "sands", "desk", "bed",
-    "building", "cloud", "lamp", "door", "window", "wardrobe", "ceiling", "shelf", "curtain", "stair",
-    "floor", "hill", "rail", "fence",
-)  # fmt: skip
+    "sky",
+    "wall",
+    "tree",
+    "wood",
+    "grass",
+    "road",
+    "sea",
+    "river",
+    "mountain",
+    "sands",
+    "desk",
+    "bed",
+    "building",
+    "cloud",
+    "lamp",
+    "door",
+    "window",
+    "wardrobe",
+    "ceiling",
+    "shelf",
+    "curtain",
+    "stair",
+    "floor",
+    "hill",
+    "rail",
+    "fence",
+)
 
 BACKGROUND_NAME = "background"
 BACKGROUND_MODES = ("none", "words", "threshold")
@@ -51,8 +74,7 @@ class Vocabulary:
         return len(self.names)
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "synonyms": [list(s) for s in self.synonyms],
-                "background": self.background}  # fmt: skip
+        return {"names": list(self.names), "synonyms": [list(s) for s in self.synonyms], "background": self.background}
 
 
 def no_classes() -> InputError:

@@ -64,26 +64,51 @@ def models():
     from transformers import SamConfig, SamModel
 
     config = SamConfig(
-        vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, mlp_dim=128, image_size=512,
-                           patch_size=16, window_size=8, global_attn_indexes=[1], output_channels=64,
-                           num_pos_feats=32),
+        vision_config=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=128,
+            image_size=512,
+            patch_size=16,
+            window_size=8,
+            global_attn_indexes=[1],
+            output_channels=64,
+            num_pos_feats=32,
+        ),
         prompt_encoder_config=dict(hidden_size=64, image_size=512, patch_size=16),
-        mask_decoder_config=dict(hidden_size=64, mlp_dim=128, num_attention_heads=4, iou_head_hidden_dim=64,
-                                 layer_norm_eps=1e-5),  # Meta's decoder norms use nn.LayerNorm's default
-    )  # fmt: skip
+        mask_decoder_config=dict(
+            hidden_size=64, mlp_dim=128, num_attention_heads=4, iou_head_hidden_dim=64, layer_norm_eps=1e-5
+        ),  # Meta's decoder norms use nn.LayerNorm's default
+    )
     hf = randomize_sam(SamModel(config), seed=0).eval()
     vc = config.vision_config
     meta = Sam(
         image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=64, img_size=512, mlp_ratio=2.0, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1],
-            window_size=vc.window_size, out_chans=64,
+            depth=2,
+            embed_dim=64,
+            img_size=512,
+            mlp_ratio=2.0,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[1],
+            window_size=vc.window_size,
+            out_chans=64,
         ),
-        prompt_encoder=PromptEncoder(embed_dim=64, image_embedding_size=(32, 32), input_image_size=(512, 512),
-                                     mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=64, iou_head_depth=3, iou_head_hidden_dim=64,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=64, mlp_dim=128, num_heads=4)),
-    )  # fmt: skip
+        prompt_encoder=PromptEncoder(
+            embed_dim=64, image_embedding_size=(32, 32), input_image_size=(512, 512), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer_dim=64,
+            iou_head_depth=3,
+            iou_head_hidden_dim=64,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=64, mlp_dim=128, num_heads=4),
+        ),
+    )
     meta.load_state_dict(hf_to_meta_state_dict(hf.state_dict()), strict=True)
     return SamBackbone(hf, "parity-sam"), meta.eval()
 

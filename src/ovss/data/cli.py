@@ -52,8 +52,13 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     conv.add_argument("kind", choices=list(CONVERTERS), help="which conversion")
     conv.add_argument("root", metavar="ROOT", help="the cityscapes or coco_stuff164k folder (or its parent)")
     conv.add_argument("--out", "-o", help="write the converted labels under this folder instead of ROOT")
-    conv.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
-                      help="convert only this split (repeatable; default: every split found)")  # fmt: skip
+    conv.add_argument(
+        "--split",
+        action="append",
+        dest="splits",
+        metavar="SPLIT",
+        help="convert only this split (repeatable; default: every split found)",
+    )
     conv.add_argument(
         "--unlabelled",
         choices=["background", "ignore"],

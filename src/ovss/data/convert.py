@@ -46,9 +46,26 @@ class ConvertCounts:
 
 # Cityscapes label id -> train id (the 19 evaluated classes; every other id is ignored).
 CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-    24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}  # fmt: skip
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 CITYSCAPES_NUM_IDS = 34  # label ids 0..33 (license plate, id -1, is never drawn into the PNGs)
 
 _INVALID = -1
@@ -131,8 +148,13 @@ def stuffthingmap_to_object(
 # --------------------------------------------------------------------------- the file loop
 
 
-def _run(jobs: Sequence[tuple[Path, Path]], convert: Callable[[np.ndarray, Path], np.ndarray], desc: str,
-         progress: bool, out: Path) -> ConvertCounts:  # fmt: skip
+def _run(
+    jobs: Sequence[tuple[Path, Path]],
+    convert: Callable[[np.ndarray, Path], np.ndarray],
+    desc: str,
+    progress: bool,
+    out: Path,
+) -> ConvertCounts:
     from tqdm import tqdm
 
     todo = [(src, dst) for src, dst in jobs if not dst.exists()]
@@ -233,8 +255,9 @@ def convert_coco_object(
     """
     lut = coco_object_lut(unlabelled)
     jobs, target = _coco_jobs(root, out, splits, "_instanceTrainIds.png")
-    return _run(jobs, lambda raw, src: apply_lut(raw, lut, src, "COCO-Stuff stuffthingmaps"), "coco-object",
-                progress, target)  # fmt: skip
+    return _run(
+        jobs, lambda raw, src: apply_lut(raw, lut, src, "COCO-Stuff stuffthingmaps"), "coco-object", progress, target
+    )
 
 
 # --------------------------------------------------------------------------- COCO panoptic
@@ -304,8 +327,9 @@ def panoptic_to_semantic(
         elif 1 <= cat <= 182:
             value = cat - 1
         else:
-            raise InputError(f"panoptic category {cat} is a merged stuff class with no COCO-Stuff value; "
-                             "pass category_to_label")  # fmt: skip
+            raise InputError(
+                f"panoptic category {cat} is a merged stuff class with no COCO-Stuff value; pass category_to_label"
+            )
         semantic[ids == int(seg["id"])] = value
         listed.add(int(seg["id"]))
     stray = set(np.unique(ids).tolist()) - listed - {0}

@@ -189,8 +189,15 @@ def _voc_like(key: str, root: Path, split: str, year: str, label_dir: str, list_
     labels = _need(voc / label_dir, fix)
     info = DATASETS[key]
     samples = [Sample(n, images / f"{n}.jpg", labels / f"{n}.png") for n in _read_list(listed)]
-    ds = SegDataset(key, samples, info.num_classes, reduce_zero_label=info.reduce_zero_label, root=voc, split=split,
-                    class_names=CLASS_NAMES[key])  # fmt: skip
+    ds = SegDataset(
+        key,
+        samples,
+        info.num_classes,
+        reduce_zero_label=info.reduce_zero_label,
+        root=voc,
+        split=split,
+        class_names=CLASS_NAMES[key],
+    )
     return _first_sample_exists(ds, f"{listed} names images that should be in {images} and {labels}")
 
 
@@ -219,8 +226,9 @@ def _coco(key: str, root: Path, split: str) -> SegDataset:
 
     info = DATASETS[key]
     samples = [Sample(p.stem, p, labels / f"{p.stem}{suffix}") for p in files]
-    ds = SegDataset(key, samples, info.num_classes, root=coco, split=folder, class_names=CLASS_NAMES[key],
-                    label_hint=hint)  # fmt: skip
+    ds = SegDataset(
+        key, samples, info.num_classes, root=coco, split=folder, class_names=CLASS_NAMES[key], label_hint=hint
+    )
     return _first_sample_exists(ds, f"labels go in {labels}")
 
 
@@ -247,8 +255,9 @@ def _cityscapes(key: str, root: Path, split: str) -> SegDataset:
         return "; unzip gtFine_trainvaltest.zip into the cityscapes folder"
 
     samples = [Sample(p.name.removesuffix("_leftImg8bit.png"), p, label_of(p)) for p in files]
-    ds = SegDataset(key, samples, DATASETS[key].num_classes, root=city, split=split, class_names=CLASS_NAMES[key],
-                    label_hint=hint)  # fmt: skip
+    ds = SegDataset(
+        key, samples, DATASETS[key].num_classes, root=city, split=split, class_names=CLASS_NAMES[key], label_hint=hint
+    )
     return _first_sample_exists(ds, f"labels go in {labels}")
 
 
@@ -267,8 +276,9 @@ def _ade(key: str, root: Path, split: str) -> SegDataset:
         raise InputError(f"{images} holds no .jpg images; unzip ADEChallengeData2016.zip")
     info = DATASETS[key]
     samples = [Sample(p.stem, p, labels / f"{p.stem}.png") for p in files]
-    ds = SegDataset(key, samples, info.num_classes, reduce_zero_label=True, root=ade, split=folder,
-                    class_names=CLASS_NAMES[key])  # fmt: skip
+    ds = SegDataset(
+        key, samples, info.num_classes, reduce_zero_label=True, root=ade, split=folder, class_names=CLASS_NAMES[key]
+    )
     return _first_sample_exists(ds, f"labels go in {labels}")
 
 

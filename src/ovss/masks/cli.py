@@ -57,12 +57,19 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--generator", "-g", default="sam", help="sam (default) or kmeans")
     p.add_argument("--preset", default="exact", help=f"SAM generator preset: {', '.join(PRESETS)} (default exact)")
-    p.add_argument("--sam", default="tiny-random",
-                   help="SAM/SAM2: hub id, local directory, Meta .pth checkpoint, or tiny-random")  # fmt: skip
+    p.add_argument(
+        "--sam", default="tiny-random", help="SAM/SAM2: hub id, local directory, Meta .pth checkpoint, or tiny-random"
+    )
     p.add_argument("--dino", default="tiny-random", help="DINO/DINOv2 for --generator kmeans")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
-    p.add_argument("--set", type=_set_arg, action="append", default=[], metavar="KEY=VALUE",
-                   help="any generator setting, e.g. --set points_per_side=16 or --set k=16")  # fmt: skip
+    p.add_argument(
+        "--set",
+        type=_set_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any generator setting, e.g. --set points_per_side=16 or --set k=16",
+    )
     p.add_argument("--no-preview", action="store_true", help="do not write NAME.png")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (default 64e6)")

@@ -304,8 +304,9 @@ def _i2t_shared(mod, tok_pe, tok, q0: torch.Tensor, src_plus_bias: torch.Tensor)
     b, t, _ = tok.shape
     k = _heads(mod.k_proj(tok_pe), h)  # (B, H, T, d)
     p = torch.softmax(k @ q0.transpose(-1, -2), dim=2)  # (B, H, T, N)
-    return torch.baddbmm(src_plus_bias.expand(b, -1, -1), p.reshape(b, h * t, -1).transpose(1, 2),
-                         _token_values(mod, tok))  # fmt: skip
+    return torch.baddbmm(
+        src_plus_bias.expand(b, -1, -1), p.reshape(b, h * t, -1).transpose(1, 2), _token_values(mod, tok)
+    )
 
 
 def _i2t_folded(mod, tok_pe, tok, keys_pe: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -353,8 +354,9 @@ class Sam2CropState(_CropState):
         for a in range(0, len(points), self.micro_batch):
             pts = torch.from_numpy(points[a : a + self.micro_batch]).float().to(dev)[None, :, None, :]
             labels = torch.ones(pts.shape[:3], dtype=torch.int, device=dev)
-            out = self.model(image_embeddings=self.embeddings, input_points=pts, input_labels=labels,
-                             multimask_output=multimask)  # fmt: skip
+            out = self.model(
+                image_embeddings=self.embeddings, input_points=pts, input_labels=labels, multimask_output=multimask
+            )
             iou = out.iou_scores[0].float().cpu()
             ious.append(iou)
             sel = torch.nonzero(keep(iou))

@@ -108,8 +108,14 @@ class KMeansMaskGenerator:
         self.metric, self.init = metric, init
 
     def info(self) -> dict[str, Any]:
-        settings = {"k": self.k, "short_side": self.short_side, "iters": self.iters, "seed": self.seed,
-                    "metric": self.metric, "init": self.init}  # fmt: skip
+        settings = {
+            "k": self.k,
+            "short_side": self.short_side,
+            "iters": self.iters,
+            "seed": self.seed,
+            "metric": self.metric,
+            "init": self.init,
+        }
         return {"generator": self.name, "model": self.dino.name, "settings": settings}
 
     def cluster_map(self, image: np.ndarray) -> np.ndarray:
@@ -149,12 +155,19 @@ class KMeansMaskGenerator:
                 seg = amg.to_coco_rle(rle)
             else:
                 seg = rle
-            records.append({
-                "segmentation": seg, "area": amg.rle_area(rle),
-                "bbox": [int(v) for v in amg.xyxy_to_xywh(boxes[i].tolist())],
-                "predicted_iou": None, "point_coords": None, "stability_score": None,
-                "crop_box": [0, 0, w, h], "level": None, "cluster": int(ids[i]),
-            })  # fmt: skip
+            records.append(
+                {
+                    "segmentation": seg,
+                    "area": amg.rle_area(rle),
+                    "bbox": [int(v) for v in amg.xyxy_to_xywh(boxes[i].tolist())],
+                    "predicted_iou": None,
+                    "point_coords": None,
+                    "stability_score": None,
+                    "crop_box": [0, 0, w, h],
+                    "level": None,
+                    "cluster": int(ids[i]),
+                }
+            )
         return MaskSet(records, (h, w), info=self.info())
 
 

@@ -132,8 +132,12 @@ class SamMaskGenerator:
         return self.settings.input_size or self.sam.input_size
 
     def info(self) -> dict[str, Any]:
-        return {"generator": self.name, "model": self.sam.name, "preset": self.preset,
-                "settings": self.settings.to_dict()}  # fmt: skip
+        return {
+            "generator": self.name,
+            "model": self.sam.name,
+            "preset": self.preset,
+            "settings": self.settings.to_dict(),
+        }
 
     # -- public
     @torch.no_grad()
@@ -336,16 +340,18 @@ class SamMaskGenerator:
                 seg = amg.to_coco_rle(rle)
             else:
                 seg = rle
-            records.append({
-                "segmentation": seg,
-                "area": amg.rle_area(rle),
-                "bbox": [int(v) for v in amg.xyxy_to_xywh(data.boxes[i].tolist())],
-                "predicted_iou": float(data.iou[i]),
-                "point_coords": [[float(v) for v in data.points[i]]],
-                "stability_score": float(data.stability[i]),
-                "crop_box": [int(v) for v in amg.xyxy_to_xywh(data.crop_boxes[i])],  # type: ignore[arg-type]
-                "level": data.levels[i],
-            })  # fmt: skip
+            records.append(
+                {
+                    "segmentation": seg,
+                    "area": amg.rle_area(rle),
+                    "bbox": [int(v) for v in amg.xyxy_to_xywh(data.boxes[i].tolist())],
+                    "predicted_iou": float(data.iou[i]),
+                    "point_coords": [[float(v) for v in data.points[i]]],
+                    "stability_score": float(data.stability[i]),
+                    "crop_box": [int(v) for v in amg.xyxy_to_xywh(data.crop_boxes[i])],  # type: ignore[arg-type]
+                    "level": data.levels[i],
+                }
+            )
         return MaskSet(records, image_hw, info=self.info())
 
 
@@ -373,7 +379,8 @@ def _uncropped_rles(masks: torch.Tensor, crop: list[int], image_hw: tuple[int, i
     return amg.rle_encode(masks)
 
 
-def generate_masks(image: ImageInput, sam: SamBackbone | str = TINY_RANDOM, preset: str = "exact",
-                   **overrides: Any) -> MaskSet:  # fmt: skip
+def generate_masks(
+    image: ImageInput, sam: SamBackbone | str = TINY_RANDOM, preset: str = "exact", **overrides: Any
+) -> MaskSet:
     """One-call convenience: ``SamMaskGenerator(sam, preset, **overrides).generate(image)``."""
     return SamMaskGenerator(sam, preset=preset, **overrides).generate(image)

@@ -49,8 +49,11 @@ class CLIPBackbone:
         if self._fingerprint is None:
             digest = hashlib.sha256(self.name.encode())
             text = self.model.text_model
-            for tensor in (self.model.text_projection.weight, text.final_layer_norm.weight,
-                           text.embeddings.token_embedding.weight[::97]):  # fmt: skip
+            for tensor in (
+                self.model.text_projection.weight,
+                text.final_layer_norm.weight,
+                text.embeddings.token_embedding.weight[::97],
+            ):
                 digest.update(tensor.detach().float().cpu().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
@@ -114,8 +117,9 @@ def _tiny_config():
         eos_token_id=513,
         pad_token_id=513,
     )
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  image_size=224, patch_size=16)  # fmt: skip
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=224, patch_size=16
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
 
 

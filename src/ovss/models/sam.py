@@ -61,7 +61,7 @@ def _tiny_sam_config():
     )
     prompt = dict(hidden_size=32, image_size=256, patch_size=16)
     decoder = dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, layer_norm_eps=1e-5)
-    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)  # fmt: skip
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
 def _tiny_sam2_config():
@@ -86,7 +86,7 @@ def _tiny_sam2_config():
     )
     prompt = dict(hidden_size=32, image_size=256, patch_size=16)
     decoder = dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
-    return Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)  # fmt: skip
+    return Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
 def randomize_sam(model, seed: int = 0):
@@ -185,10 +185,11 @@ def _load_meta_checkpoint(path: Path):
         raise ModelLoadError(f"{path}: unknown SAM image-encoder width {width}")
     depth, heads, global_idx = _META_SIZES[width]
     config = SamConfig(
-        vision_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
-                           global_attn_indexes=global_idx),
+        vision_config=dict(
+            hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, global_attn_indexes=global_idx
+        ),
         mask_decoder_config=dict(layer_norm_eps=1e-5),  # Meta's decoder uses nn.LayerNorm's default
-    )  # fmt: skip
+    )
     model = SamModel(config)
     try:
         model.load_state_dict(meta_to_hf_state_dict(state), strict=True)

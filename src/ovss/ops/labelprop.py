@@ -179,8 +179,9 @@ class LabelPropagator:
         """Each mask's ``k`` (default: the config's) nearest other masks, sorted: (similarities, indices)."""
         cfg = self.config
         x = F.normalize(_real(embeddings), dim=1)
-        return knn_search(x, x, k or cfg.k, exclude_self=True, backend=cfg.knn_backend,
-                          chunk_elements=cfg.knn_chunk_elements)  # fmt: skip
+        return knn_search(
+            x, x, k or cfg.k, exclude_self=True, backend=cfg.knn_backend, chunk_elements=cfg.knn_chunk_elements
+        )
 
     def graph(
         self, embeddings: torch.Tensor, knn: tuple[torch.Tensor, torch.Tensor] | None = None

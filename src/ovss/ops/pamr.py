@@ -21,8 +21,9 @@ def _shift(x: torch.Tensor, dy: int, dx: int, d: int) -> torch.Tensor:
     return padded[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
 
 
-def pamr(image: torch.Tensor, scores: torch.Tensor, iterations: int = 10,
-         dilations: Sequence[int] = (8, 16)) -> torch.Tensor:  # fmt: skip
+def pamr(
+    image: torch.Tensor, scores: torch.Tensor, iterations: int = 10, dilations: Sequence[int] = (8, 16)
+) -> torch.Tensor:
     """Refine ``(C, H, W)`` ``scores`` with the ``(K, H, W)`` ``image`` (same size)."""
     if iterations <= 0:
         return scores

@@ -49,8 +49,9 @@ def colour_regions(image: np.ndarray, min_area: int = 16) -> list[np.ndarray]:
 class SyntheticDINO:
     name = "synthetic-dino"
 
-    def __init__(self, dim: int = 24, seed: int = 0, patch_size: int = 14, temperature: float = 20.0,
-                 noise: float = 0.05) -> None:  # fmt: skip
+    def __init__(
+        self, dim: int = 24, seed: int = 0, patch_size: int = 14, temperature: float = 20.0, noise: float = 0.05
+    ) -> None:
         self.dim, self.patch_size, self.temperature, self.noise = dim, patch_size, temperature, noise
         self.mean, self.std = _IMAGENET_MEAN, _IMAGENET_STD
         g = torch.Generator().manual_seed(seed)
@@ -101,9 +102,19 @@ class SyntheticMaskGenerator:
                         break
             merged.append(mask)
         h, w = image.shape[:2]
-        records = [{"segmentation": m, "area": int(m.sum()), "predicted_iou": self.predicted_iou,
-                    "stability_score": 1.0, "bbox": None, "point_coords": None, "crop_box": [0, 0, w, h],
-                    "level": None} for m in merged]  # fmt: skip
+        records = [
+            {
+                "segmentation": m,
+                "area": int(m.sum()),
+                "predicted_iou": self.predicted_iou,
+                "stability_score": 1.0,
+                "bbox": None,
+                "point_coords": None,
+                "crop_box": [0, 0, w, h],
+                "level": None,
+            }
+            for m in merged
+        ]
         return MaskSet(records, (h, w), {"generator": self.name})
 
 

@@ -89,13 +89,23 @@ def tile_boxes(height: int, width: int, tiles: tuple[int, ...]) -> list[tuple[in
 class FMbSegPseudoLabeler:
     """Stage 1 for one image at a time; the CLI streams a folder through it."""
 
-    def __init__(self, clip, prompter: PointPrompter | None, generator: MaskGenerator | None,
-                 settings: PseudoLabelSettings, device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self,
+        clip,
+        prompter: PointPrompter | None,
+        generator: MaskGenerator | None,
+        settings: PseudoLabelSettings,
+        device: torch.device,
+    ) -> None:
         settings.validate()
         self.clip, self.prompter, self.generator = clip, prompter, generator
         self.settings, self.device = settings, device
-        dense = DenseCLIPSettings(variant=settings.dense_variant, short_side=settings.dense_short_side,
-                                  window=settings.dense_window, templates=settings.tag_templates)  # fmt: skip
+        dense = DenseCLIPSettings(
+            variant=settings.dense_variant,
+            short_side=settings.dense_short_side,
+            window=settings.dense_window,
+            templates=settings.tag_templates,
+        )
         self.dense = DenseCLIPMethod({"clip": clip}, dense, device)
 
     # 1.0
@@ -218,9 +228,15 @@ class FMbSegPseudoLabeler:
 
 
 def run_pseudo_labels(
-    paths: list, stems: list, vocab: Vocabulary, out, labeler: FMbSegPseudoLabeler, job: dict[str, Any],
-    overwrite: bool = False, progress: bool = True,
-) -> dict[str, int]:  # fmt: skip
+    paths: list,
+    stems: list,
+    vocab: Vocabulary,
+    out,
+    labeler: FMbSegPseudoLabeler,
+    job: dict[str, Any],
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, int]:
     """Stream images through stage 1: NAME.png (labels, 255 = ignore) and NAME.json (tags, masks,
     scores) per image, written atomically with the JSON last; finished images are skipped, and
     under torchrun/accelerate each rank takes its share."""

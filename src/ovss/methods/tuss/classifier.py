@@ -36,8 +36,13 @@ class TUSSClassifier:
     def save(self, out: str | os.PathLike) -> Path:
         """Into folder ``out`` as an ovss checkpoint (config.json + model.safetensors + README.md)."""
         tensors, glcc_meta = self.glcc.state() if self.glcc is not None else ({}, None)
-        extra = {"setting": self.setting, "vocabulary": self.vocabulary.to_dict(), "fixed_classes": True,
-                 "glcc": glcc_meta, "info": self.info}  # fmt: skip
+        extra = {
+            "setting": self.setting,
+            "vocabulary": self.vocabulary.to_dict(),
+            "fixed_classes": True,
+            "glcc": glcc_meta,
+            "info": self.info,
+        }
         save_checkpoint(out, "tuss", tensors, self.method_settings, self.models, extra, card=_card(self))
         return Path(out) / WEIGHTS
 

@@ -401,21 +401,38 @@ class GLCC:
         tensors = {"probe_weight": self.probe.weight, "keys": lpc.keys, "y_star": lpc.y_star}
         if lpc.degree is not None:
             tensors["degree"] = lpc.degree
-        meta = {"setting": self.config.setting, "probe_logit_scale": self.probe.config.logit_scale,
-                "graph_k": lpc.graph_k, "inductive": asdict(lpc.config), "lp_weight": self.config.lp_weight,
-                "suppress_eps": self.config.suppress_eps, "knn_backend": lpc.knn_backend}  # fmt: skip
+        meta = {
+            "setting": self.config.setting,
+            "probe_logit_scale": self.probe.config.logit_scale,
+            "graph_k": lpc.graph_k,
+            "inductive": asdict(lpc.config),
+            "lp_weight": self.config.lp_weight,
+            "suppress_eps": self.config.suppress_eps,
+            "knn_backend": lpc.knn_backend,
+        }
         return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, meta
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> GLCC:
         try:
-            glcc = cls(replace(GLCCConfig(), setting=meta["setting"], lp_weight=float(meta["lp_weight"]),
-                               suppress_eps=float(meta["suppress_eps"])))  # fmt: skip
+            glcc = cls(
+                replace(
+                    GLCCConfig(),
+                    setting=meta["setting"],
+                    lp_weight=float(meta["lp_weight"]),
+                    suppress_eps=float(meta["suppress_eps"]),
+                )
+            )
             glcc.probe = LinearProbe(ProbeConfig(logit_scale=float(meta["probe_logit_scale"])))
             glcc.probe.weight = tensors["probe_weight"].float()
-            glcc.lp_classifier = LPClassifier(tensors["keys"], tensors["y_star"], tensors.get("degree"),
-                                              int(meta["graph_k"]), InductiveConfig(**meta["inductive"]),
-                                              knn_backend=meta.get("knn_backend", "auto"))  # fmt: skip
+            glcc.lp_classifier = LPClassifier(
+                tensors["keys"],
+                tensors["y_star"],
+                tensors.get("degree"),
+                int(meta["graph_k"]),
+                InductiveConfig(**meta["inductive"]),
+                knn_backend=meta.get("knn_backend", "auto"),
+            )
         except (KeyError, TypeError) as e:
             raise InputError(f"not a complete GLCC state (missing or wrong {e}); refit with `ovss fit tuss`") from None
         glcc.train_scores = glcc.lp_classifier.y_star

@@ -150,8 +150,9 @@ class TUSSMethod(Method):
             else:  # windows upsampled to their pixels and averaged where they overlap
                 total, count = torch.zeros(views[0][1].shape[0], h, w), torch.zeros(1, h, w)
                 for (y1, y2, x1, x2), f in views:
-                    total[:, y1:y2, x1:x2] += F.interpolate(f[None], size=(y2 - y1, x2 - x1), mode="bilinear",
-                                                            align_corners=False)[0]  # fmt: skip
+                    total[:, y1:y2, x1:x2] += F.interpolate(
+                        f[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False
+                    )[0]
                     count[:, y1:y2, x1:x2] += 1
                 m = total / count
             out = weight * m if out is None else out + weight * m
@@ -207,8 +208,12 @@ class TUSSMethod(Method):
 
         def biased(batch: torch.Tensor, boxes) -> torch.Tensor:
             grid = (batch.shape[-2] // p, batch.shape[-1] // p)
-            bias = torch.stack([discrimination_bias(small[:, y1:y2, x1:x2], grid, patches_see_cls=s.patches_see_cls)
-                                for y1, y2, x1, x2 in boxes])  # fmt: skip
+            bias = torch.stack(
+                [
+                    discrimination_bias(small[:, y1:y2, x1:x2], grid, patches_see_cls=s.patches_see_cls)
+                    for y1, y2, x1, x2 in boxes
+                ]
+            )
             return clip.dense_features(batch.to(self.device), "sclip", bias=bias.to(self.device)).float().cpu()
 
         with autocast(self.device, s.precision):

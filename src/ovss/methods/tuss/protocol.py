@@ -9,10 +9,32 @@ from ...protocols import register_family
 # TUSS's VOC "dust-bin" background words (Yang & Gong, arXiv 2405.14294, official configs), queried
 # as class 0 by the pow rule.
 TUSS_VOC_BACKGROUND_25 = (
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
-    "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley",
-    "bridge", "sign",
-)  # fmt: skip
+    "ground",
+    "land",
+    "grass",
+    "tree",
+    "building",
+    "wall",
+    "sky",
+    "lake",
+    "water",
+    "river",
+    "sea",
+    "railway",
+    "railroad",
+    "keyboard",
+    "helmet",
+    "cloud",
+    "house",
+    "mountain",
+    "ocean",
+    "road",
+    "rock",
+    "street",
+    "valley",
+    "bridge",
+    "sign",
+)
 
 FAMILY = {
     "source": "docs/reference-protocol.md §4.2 (TUSS row), §9 families.tuss; docs/methods.md §1.3-1.4",
