@@ -47,6 +47,27 @@ def _argv(command: str, photos: Path) -> list[str]:
     return out
 
 
+def help_commands() -> list[str]:
+    """The examples printed by ``ovss --help``, ``ovss masks --help`` and ``ovss label --help``."""
+    from ovss import cli, labelling
+    from ovss.masks import cli as masks_cli
+
+    lines = []
+    for text in (cli.DESCRIPTION, masks_cli.DESCRIPTION, labelling.DESCRIPTION):
+        # the indented example lines (prose such as "ovss labels every pixel..." is not indented)
+        lines += [line.strip().split("  ")[0] for line in text.splitlines() if line.startswith("  ovss ")]
+    return lines
+
+
+@pytest.mark.parametrize("command", help_commands())
+def test_every_help_example_parses(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    argv = _argv(command, tmp_path)
+    args = _parse(argv)
+    assert args is not None and callable(args.func)
+
+
 def test_the_readme_has_commands():
     assert len(readme_commands()) >= 25
 
