@@ -187,23 +187,45 @@ CASES = {
     "masks: missing image": (lambda t: ["masks", str(t / "nope.png"), "-o", str(t / "m")], "no such file"),
     # pseudo-label
     "pseudo-label: tag_tau=abc": (
-        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(t / "p"), "--set", "tag_tau=abc"],
+        lambda t: [
+            "pseudo-label",
+            "-m",
+            "fmbseg",
+            str(_photo(t)),
+            "--vocab",
+            "cat",
+            "-o",
+            str(t / "p"),
+            "--set",
+            "tag_tau=abc",
+        ],
         "tag_tau",
     ),
     "pseudo-label: unknown setting": (
-        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(t / "p"), "--set", "nope=1"],
+        lambda t: [
+            "pseudo-label",
+            "-m",
+            "fmbseg",
+            str(_photo(t)),
+            "--vocab",
+            "cat",
+            "-o",
+            str(t / "p"),
+            "--set",
+            "nope=1",
+        ],
         "nope",
     ),
     "pseudo-label: empty vocab": (
-        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", ";", "-o", str(t / "p")],
+        lambda t: ["pseudo-label", "-m", "fmbseg", str(_photo(t)), "--vocab", ";", "-o", str(t / "p")],
         "class",
     ),
     "pseudo-label: missing image": (
-        lambda t: ["pseudo-label", str(t / "x.png"), "--vocab", "cat", "-o", str(t / "p")],
+        lambda t: ["pseudo-label", "-m", "fmbseg", str(t / "x.png"), "--vocab", "cat", "-o", str(t / "p")],
         "no such file",
     ),
     "pseudo-label: thin image": (
-        lambda t: ["pseudo-label", str(_thin(t)), "--vocab", "cat", "-o", str(t / "p")],
+        lambda t: ["pseudo-label", "-m", "fmbseg", str(_thin(t)), "--vocab", "cat", "-o", str(t / "p")],
         "thin",
     ),
     # train
@@ -391,18 +413,43 @@ CASES = {
     ),
     # pseudo-label
     "pseudo-label: tag_tiles=(0,)": (
-        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(t / "p"), "--set", "tag_tiles=(0,)"],
+        lambda t: [
+            "pseudo-label",
+            "-m",
+            "fmbseg",
+            str(_photo(t)),
+            "--vocab",
+            "cat",
+            "-o",
+            str(t / "p"),
+            "--set",
+            "tag_tiles=(0,)",
+        ],
         "tag_tiles",
     ),
     "pseudo-label: unknown preset": (
-        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(t / "p"), "--preset", "nope"],
+        lambda t: [
+            "pseudo-label",
+            "-m",
+            "fmbseg",
+            str(_photo(t)),
+            "--vocab",
+            "cat",
+            "-o",
+            str(t / "p"),
+            "--preset",
+            "nope",
+        ],
         "nope",
     ),
     "pseudo-label: out is a file": (
-        lambda t: ["pseudo-label", str(_photo(t)), "--vocab", "cat", "-o", str(_file(t))],
+        lambda t: ["pseudo-label", "-m", "fmbseg", str(_photo(t)), "--vocab", "cat", "-o", str(_file(t))],
         "not_a_folder",
     ),
-    "pseudo-label: no vocab": (lambda t: ["pseudo-label", str(_photo(t)), "-o", str(t / "p")], "--vocab"),
+    "pseudo-label: no vocab": (
+        lambda t: ["pseudo-label", "-m", "fmbseg", str(_photo(t)), "-o", str(t / "p")],
+        "--vocab",
+    ),
     # train / fit
     "train: missing labels": (
         lambda t: [

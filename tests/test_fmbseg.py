@@ -192,6 +192,8 @@ def test_three_commands_on_real_photos(evaldata, tmp_path, capsys):
         main(
             [
                 "pseudo-label",
+                "--method",
+                "fmbseg",
                 str(photos),
                 "--vocab",
                 "cat; dog; sofa, couch; person",
@@ -212,6 +214,8 @@ def test_three_commands_on_real_photos(evaldata, tmp_path, capsys):
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 255}
     train = [
         "train",
+        "--method",
+        "fmbseg",
         "--images",
         str(photos),
         "--labels",
@@ -273,6 +277,8 @@ def test_killing_pseudo_label_loses_no_finished_image(evaldata, tmp_path):
         "-m",
         "ovss.cli",
         "pseudo-label",
+        "--method",
+        "fmbseg",
         str(photos),
         "--vocab",
         "cat; dog; person",

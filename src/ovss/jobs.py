@@ -340,7 +340,8 @@ def running(kind: str, flush: Callable[[], None] | None = None) -> Iterator[None
 
 def interrupt_message() -> str:
     """What the CLI prints after Ctrl-C: what the job that was running keeps."""
-    kinds = _RUNNING or _INTERRUPTED
+    kinds = list(_RUNNING or _INTERRUPTED)
+    _INTERRUPTED.clear()  # said once
     if not kinds:
         return "ovss: interrupted"
     return f"ovss: interrupted; {JOB_KINDS[kinds[-1]].kept}"
