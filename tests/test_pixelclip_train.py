@@ -262,7 +262,7 @@ def test_bf16_autocast_step(world, tmp_path, clip):
     assert np.isfinite(loss) and loss > 0
 
 
-@pytest.mark.slow
+@pytest.mark.long  # pytest -m long: minutes on a CPU
 def test_synthetic_world_training_improves_cluster_purity():
     """The small version of bench/pixelclip_synthetic.py: trained prompts beat random ones on held-out scenes."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -706,7 +706,7 @@ def test_oracle_labelling_matches_a_plain_majority_vote():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # three small trainings and an S-Seg+ run: minutes on a CPU
+@pytest.mark.long  # three small trainings and an S-Seg+ run: many minutes on a CPU (pytest -m long)
 def test_synthetic_world_sseg_names_regions_and_controls_cannot(tmp_path):
     import sys
     from pathlib import Path
