@@ -1,0 +1,135 @@
+"""Real multi-process runs (gloo on CPU): `ovss eval` under `torchrun --nproc_per_node 2` gives the
+one-process result exactly; a rank that dies makes the others stop with a one-line message within
+OVSS_DIST_TIMEOUT; the run then resumed with one process gives the same result again."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layouts import _voc
+from ovss.distributed import all_reduce_array, barrier, is_distributed
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+LIMIT = "4"
+TIMEOUT = 180  # seconds for any one launch; a hang fails the test instead of the CI job
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    env.update(OVSS_DEFAULT_MODEL="tiny-random", **extra)
+    return env
+
+
+def eval_args(root: Path, out: Path) -> list[str]:
+    common = ["--limit", LIMIT, "--device", "cpu", "--set", "short_side=64", "--set", "templates=simple"]
+    return ["eval", "-m", "sclip", "-d", "voc21", "--root", str(root), "--out", str(out), *common]
+
+
+def torchrun(nproc: int, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    launcher += ["--master_port", str(free_port()), "-m", "ovss.cli"]
+    return subprocess.run(launcher + args, env=environment(**env), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def single(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ovss.cli", *args], env=environment(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def scores(out: Path) -> dict:
+    report = json.loads((out / "results.json").read_text())
+    return {k: report[k] for k in ("mIoU", "aAcc", "mAcc", "per_class", "images")}
+
+
+@pytest.fixture(scope="module")
+def voc(evaldata, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("voc")
+    _voc(evaldata, root)
+    reference = tmp_path_factory.mktemp("ref") / "one"
+    done = single(eval_args(root, reference))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {"root": root, "reference": reference}
+
+
+def test_eval_with_two_processes_equals_one_process(voc, tmp_path):
+    out = tmp_path / "two"
+    done = torchrun(2, eval_args(voc["root"], out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.dumps(scores(out), sort_keys=True) == json.dumps(scores(voc["reference"]), sort_keys=True)
+    report = json.loads((out / "results.json").read_text())
+    assert report["world_size"] == 2
+    shards = sorted(p.name for p in (out / "partial").iterdir())
+    assert shards == ["rank0-of-2.json", "rank1-of-2.json"]  # each rank wrote its own shard, kept for resume
+    halves = [json.loads((out / "partial" / s).read_text())["done"] for s in shards]
+    assert not set(halves[0]) & set(halves[1]) and len(halves[0]) + len(halves[1]) == int(LIMIT)
+
+
+DYING_RANK = """
+import datetime, os, torch.distributed as dist
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+os._exit(1)  # joins the group, then dies before its shard is done
+"""
+
+
+def test_a_dead_rank_ends_the_run_with_one_line_then_one_process_resumes(voc, tmp_path):
+    out, port = tmp_path / "killed", str(free_port())
+    group = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OVSS_DIST_TIMEOUT": "20"}
+    start = time.monotonic()
+    rank0 = subprocess.Popen(
+        [sys.executable, "-m", "ovss.cli", *eval_args(voc["root"], out)],
+        env={**environment(**group), "RANK": "0", "LOCAL_RANK": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    rank1 = subprocess.run(
+        [sys.executable, "-c", DYING_RANK],
+        env={**environment(**group), "RANK": "1", "LOCAL_RANK": "0"},
+        timeout=TIMEOUT,
+    )
+    assert rank1.returncode == 1
+    try:
+        _, stderr = rank0.communicate(timeout=TIMEOUT)
+    finally:
+        rank0.kill()
+    elapsed = time.monotonic() - start
+    errors = [line for line in stderr.splitlines() if line.startswith("ovss: error:")]
+    assert rank0.returncode == 2, stderr[-3000:]
+    assert len(errors) == 1 and "another rank died" in errors[0] and "re-run" in errors[0], stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert elapsed < TIMEOUT
+    assert not (out / "results.json").exists()  # no half-made result
+    assert (out / "partial" / "rank0-of-2.json").exists() and not (out / "partial" / "rank1-of-2.json").exists()
+
+    done = single(eval_args(voc["root"], out))  # resumed with another world size
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.dumps(scores(out), sort_keys=True) == json.dumps(scores(voc["reference"]), sort_keys=True)
+    rank0_done = json.loads((out / "partial" / "rank0-of-2.json").read_text())["done"]
+    rank0_of_1 = json.loads((out / "partial" / "rank0-of-1.json").read_text())["done"]
+    assert rank0_done and not set(rank0_done) & set(rank0_of_1)  # the finished images were not redone
+
+
+def test_helpers_without_a_process_group_are_local():
+    assert not is_distributed()
+    barrier()  # a no-op
+    array = np.arange(6, dtype=np.int64).reshape(2, 3)
+    summed = all_reduce_array(array)
+    assert summed.dtype == np.int64 and (summed == array).all() and summed is not array
