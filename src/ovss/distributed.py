@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,6 +21,8 @@ from .errors import OvssError
 
 TIMEOUT_ENV = "OVSS_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 1800.0  # seconds; a slow rank on a big shard can lag the others by minutes
+GATHER_TIMEOUT_ENV = "OVSS_GATHER_TIMEOUT"  # the file-based wait, without a process group
+DEFAULT_GATHER_TIMEOUT = 24 * 3600.0
 
 
 class DistributedError(OvssError):
@@ -102,6 +107,37 @@ def all_reduce_array(array: np.ndarray, op: str = "sum", what: str = "all_reduce
     except Exception as e:
         raise DistributedError(_broken(what, timeout, e)) from None
     return tensor.numpy()
+
+
+def wait_for_ranks(missing: Callable[[], list[str]], what: str, poll: float = 1.0) -> None:
+    """Wait until every rank has written its share: ``missing()`` lists what is not on disk yet.
+
+    With a process group all ranks meet at a bounded barrier (so call it on every rank); without
+    one (ranks started by hand, or a rank resumed alone) rank 0 polls the files for at most
+    ``OVSS_GATHER_TIMEOUT`` seconds. Either way a dead rank gives a one-line error, not a hang."""
+    if is_distributed():
+        barrier(what)
+        left = missing()
+        if left:  # every rank arrived, yet its outputs are not there: a different --out or a full disk
+            raise DistributedError(f"{what}: {len(left)} item(s) were not written by any rank (first: {left[0]})")
+        return
+    raw = os.environ.get(GATHER_TIMEOUT_ENV, "")
+    try:
+        timeout = float(raw) if raw else DEFAULT_GATHER_TIMEOUT
+    except ValueError:
+        raise OvssError(f"{GATHER_TIMEOUT_ENV}={raw!r} is not a number of seconds; set e.g. 3600") from None
+    start = last_note = time.monotonic()
+    while left := missing():
+        now = time.monotonic()
+        if now - start > timeout:
+            raise DistributedError(
+                f"{what}: {len(left)} item(s) (first: {left[0]}) were not written within {timeout:.0f} s; "
+                "re-run the same command to resume"
+            )
+        if now - last_note > 60:
+            print(f"ovss: {what}: {len(left)} item(s) to go from other ranks (first: {left[0]})", file=sys.stderr)
+            last_note = now
+        time.sleep(poll)
 
 
 def shutdown() -> None:
