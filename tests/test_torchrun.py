@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,3 +134,43 @@ def test_helpers_without_a_process_group_are_local():
     array = np.arange(6, dtype=np.int64).reshape(2, 3)
     summed = all_reduce_array(array)
     assert summed.dtype == np.int64 and (summed == array).all() and summed is not array
+
+
+VOC_PHOTOS = ("0", "1", "8", "120")
+
+
+@pytest.fixture(scope="module")
+def photos(evaldata, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for name in VOC_PHOTOS:
+        shutil.copy(evaldata / "vainf_voc_samples" / "samples" / f"{name}_image.png", folder / f"{name}_image.png")
+    return folder
+
+
+def outputs(folder: Path, pattern: str) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.glob(pattern))}
+
+
+def test_label_with_two_processes_equals_one_process(photos, tmp_path):
+    args = ["label", str(photos), "--classes", "cat; dog; person", "--format", "coco-rle,png", "--device", "cpu"]
+    one = single([*args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(2, [*args, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "coco-rle" / "annotations.json").read_text())
+    b = json.loads((tmp_path / "two" / "coco-rle" / "annotations.json").read_text())
+    assert a == b and len(a["images"]) == len(VOC_PHOTOS)
+    assert outputs(tmp_path / "one" / "png", "**/*.png") == outputs(tmp_path / "two" / "png", "**/*.png")
+
+
+def test_pseudo_label_with_two_processes_equals_one_process(photos, tmp_path):
+    args = ["pseudo-label", "--method", "fmbseg", str(photos), "--vocab", "cat; dog; person", "--device", "cpu"]
+    args += ["--preset", "sparse"]
+    one = single([*args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(2, [*args, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    labels = outputs(tmp_path / "two", "*.png")
+    assert len(labels) == len(VOC_PHOTOS) and labels == outputs(tmp_path / "one", "*.png")
+    for marker in (tmp_path / "two").glob("*_image.json"):  # each image written once, by the rank that owns it
+        assert json.loads(marker.read_text())["source"].endswith(marker.stem + ".png")

@@ -189,12 +189,10 @@ def label(
             segmenter = _segmenter(method, clip, dino, sam, checkpoint, device, max_pixels, settings)
         failed = _segment_all(segmenter, todo, vocab, cache, job, confidence, progress)
     skipped = len(mine) - len(todo)
-    if is_distributed():
-        _wait_for_all(cache, items, job)  # every rank at the barrier, so none exits before the export
+    # under torchrun every rank meets at the barrier inside; otherwise only rank 0 waits for the files
+    states = _wait_for_all(cache, items, job) if rank == 0 or is_distributed() else []
     if rank != 0:
         return None
-
-    states = _wait_for_all(cache, items, job)
     done = [(p, s) for (p, s), state in zip(items, states) if state == "done"]
     folders = {}
     if done:
