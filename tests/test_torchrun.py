@@ -174,3 +174,27 @@ def test_pseudo_label_with_two_processes_equals_one_process(photos, tmp_path):
     assert len(labels) == len(VOC_PHOTOS) and labels == outputs(tmp_path / "one", "*.png")
     for marker in (tmp_path / "two").glob("*_image.json"):  # each image written once, by the rank that owns it
         assert json.loads(marker.read_text())["source"].endswith(marker.stem + ".png")
+
+
+# every mask of the tiny random SAM, so that the bank is not empty
+LOOSE_SAM = "sam_settings={'points_per_side': 4, 'pred_iou_thresh': -10.0, 'stability_score_thresh': 0.0, "
+LOOSE_SAM += "'box_nms_thresh': 1.0, 'stability_at': 'low'}"
+
+
+def test_tuss_bank_and_fit_with_two_processes_equal_one_process(photos, tmp_path):
+    from safetensors.torch import load_file
+
+    args = ["fit", "tuss", "--setting", "ovss", "--images", str(photos), "--vocab", "voc21", "--device", "cpu"]
+    args += ["--set", "short_side=128", "--set", "probe_iters=20", "--set", "probe_warmup=2", "--set", LOOSE_SAM]
+    one = single([*args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(2, [*args, "--out", str(tmp_path / "two")], OVSS_DIST_TIMEOUT="120")
+    assert two.returncode == 0, two.stderr[-3000:]
+    bank = outputs(tmp_path / "two" / "bank", "*.safetensors")
+    assert len(bank) == len(VOC_PHOTOS) and bank == outputs(tmp_path / "one" / "bank", "*.safetensors")
+    a, b = (
+        load_file(str(tmp_path / "one" / "model.safetensors")),
+        load_file(str(tmp_path / "two" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert json.loads((tmp_path / "two" / "fit.json").read_text())["images"] == len(VOC_PHOTOS)
