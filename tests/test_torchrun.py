@@ -198,3 +198,90 @@ def test_tuss_bank_and_fit_with_two_processes_equal_one_process(photos, tmp_path
     )
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert json.loads((tmp_path / "two" / "fit.json").read_text())["images"] == len(VOC_PHOTOS)
+
+
+def test_partial_two_rank_shards_resume_with_one_process(evaldata, tmp_path, monkeypatch):
+    """Both ranks stopped part-way (rank 0 after 1 of its 3 images, rank 1 after 2 of 3), then one process
+    finishes: the images already done are not redone and the result is the uninterrupted one."""
+    import ovss.api as api
+    import ovss.evaluate as ev
+    from ovss.evaluate import EvalJob, run_eval
+
+    root = tmp_path / "data"
+    _voc(evaldata, root)
+
+    def job(out: Path) -> EvalJob:
+        return EvalJob("sclip", "voc21", root, out=out, limit=6, device="cpu", overrides={"short_side": 64})
+
+    clean = run_eval(job(tmp_path / "clean"), progress=False)
+    real, calls = api.load_image, {"n": 0, "stop": 0}
+
+    def stopping(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["stop"]:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "FLUSH_EVERY", 1)
+    monkeypatch.setattr(api, "load_image", stopping)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, finished in (("0", 1), ("1", 2)):
+        monkeypatch.setenv("RANK", rank)
+        calls.update(n=0, stop=finished + 1)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_eval(job(tmp_path / "run"), progress=False)
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    calls.update(n=0, stop=-1)
+    resumed = run_eval(job(tmp_path / "run"), progress=False)
+    assert calls["n"] == 3  # only the 6 - 1 - 2 unfinished images
+    assert json.dumps({k: resumed[k] for k in ("mIoU", "per_class")}, sort_keys=True) == json.dumps(
+        {k: clean[k] for k in ("mIoU", "per_class")}, sort_keys=True
+    )
+    assert resumed["world_size"] == 1 and resumed["images"] == 6
+
+
+COLLECTIVES = """
+import numpy as np, torch.distributed as dist
+from ovss.distributed import all_reduce_array, barrier, init_if_launched, is_distributed
+assert init_if_launched() and is_distributed()
+rank = dist.get_rank()
+big = np.array([[2**40 + rank, rank]], dtype=np.int64)  # beyond float32's exact integers
+total = all_reduce_array(big)
+assert total.dtype == np.int64 and total.tolist() == [[2 * 2**40 + 1, 1]], total
+assert all_reduce_array(np.array([float(rank)]), "max").tolist() == [1.0]
+barrier()
+print("ok", rank)
+"""
+
+
+def test_collectives_in_a_real_gloo_group(tmp_path):
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    done = subprocess.run(
+        [*launcher, str(free_port()), str(script)], env=environment(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(done.stdout.split("\n")[:2]) == ["ok 0", "ok 1"]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_a_bad_timeout_is_a_one_line_error(monkeypatch, value):
+    from ovss.distributed import TIMEOUT_ENV, dist_timeout
+    from ovss.errors import OvssError
+
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    with pytest.raises(OvssError, match=TIMEOUT_ENV) as info:
+        dist_timeout()
+    assert "\n" not in str(info.value)
+
+
+def test_the_file_based_wait_ends_with_one_line_after_its_timeout(monkeypatch):
+    from ovss.distributed import GATHER_TIMEOUT_ENV, DistributedError, wait_for_ranks
+
+    monkeypatch.setenv(GATHER_TIMEOUT_ENV, "0.3")
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match="re-run the same command") as info:
+        wait_for_ranks(lambda: ["b.jpg"], "test", poll=0.05)
+    assert time.monotonic() - start < 5 and "b.jpg" in str(info.value) and "\n" not in str(info.value)
