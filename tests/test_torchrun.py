@@ -285,3 +285,20 @@ def test_the_file_based_wait_ends_with_one_line_after_its_timeout(monkeypatch):
     with pytest.raises(DistributedError, match="re-run the same command") as info:
         wait_for_ranks(lambda: ["b.jpg"], "test", poll=0.05)
     assert time.monotonic() - start < 5 and "b.jpg" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_train_fmbseg_with_two_processes_writes_one_checkpoint(evaldata, tmp_path):
+    from safetensors.torch import load_file
+
+    from test_train_resume import command, make_data
+
+    images, labels = make_data(evaldata, tmp_path / "data")
+    out = tmp_path / "run"
+    argv = command(images, labels, out)[3:]  # without "python -m ovss.cli"
+    argv[argv.index("--epochs") + 1] = "1"
+    done = torchrun(2, argv, OVSS_DIST_TIMEOUT="120")
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights and all(bool(t.isfinite().all()) for t in weights.values())
+    steps = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})  # one writer: no step logged twice
