@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 from ._version import __version__
 from .data.check import check_sample
 from .device import device_for_rank
-from .distributed import all_reduce_array, barrier, init_if_launched
+from .distributed import all_reduce_array, barrier, init_if_launched, wait_for_ranks
 from .errors import InputError
 from .io import atomic_path, write_json
 from .jobs import dist_info, running
@@ -330,21 +329,17 @@ def _add_earlier(total: dict[str, Any], earlier: list[dict[str, Any]], expected:
 
 
 def _gather(out: Path, world: int, total: ConfusionMatrix, signature: str) -> dict[str, Any]:
-    """Wait for every rank's finished shard and sum them into ``total``."""
-    seconds, waited = 0.0, 0.0
-    timeout = float(os.environ.get("OVSS_GATHER_TIMEOUT", 24 * 3600))
-    for r in range(world):
-        path = out / "partial" / f"rank{r}-of-{world}.json"
-        while True:
-            state = json.loads(path.read_text()) if path.exists() else None
-            if state and state["complete"] and state["key"] == signature:
-                break
-            time.sleep(1.0)
-            waited += 1.0
-            if waited > timeout:
-                raise InputError(f"rank {r} did not finish within {timeout:.0f} s ({path}); re-run to resume")
-            if waited % 60 == 0:
-                print(f"ovss: waiting for rank {r} to finish ({path})", file=sys.stderr)
+    """Without a process group: wait (bounded) for every rank's finished shard file and sum them into ``total``."""
+    paths = [out / "partial" / f"rank{r}-of-{world}.json" for r in range(world)]
+
+    def finished(path: Path) -> dict[str, Any] | None:
+        state = json.loads(path.read_text()) if path.exists() else None
+        return state if state and state["complete"] and state["key"] == signature else None
+
+    wait_for_ranks(lambda: [p.name for p in paths if finished(p) is None], "eval: waiting for the other ranks' shards")
+    seconds = 0.0
+    for path in paths:
+        state = finished(path)
         total += ConfusionMatrix.from_dict(state["matrix"])
         seconds = max(seconds, state["seconds"])
     return {"matrix": total, "seconds": seconds}
