@@ -1,6 +1,8 @@
-"""Real multi-process runs (gloo on CPU): `ovss eval` under `torchrun --nproc_per_node 2` gives the
-one-process result exactly; a rank that dies makes the others stop with a one-line message within
-OVSS_DIST_TIMEOUT; the run then resumed with one process gives the same result again."""
+"""Real multi-process runs (gloo on CPU, `torchrun --nproc_per_node 2`, every launch bounded in time):
+`ovss eval`, `ovss label`, `ovss pseudo-label --method fmbseg` and `ovss fit tuss` give the one-process
+outputs exactly and `ovss train --method fmbseg` writes one checkpoint; a rank that dies or hangs makes
+rank 0 stop with one line within OVSS_DIST_TIMEOUT; shards of an interrupted two-rank eval are finished
+by one process with the uninterrupted result."""
 
 from __future__ import annotations
 
@@ -302,3 +304,32 @@ def test_train_fmbseg_with_two_processes_writes_one_checkpoint(evaldata, tmp_pat
     assert weights and all(bool(t.isfinite().all()) for t in weights.values())
     steps = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})  # one writer: no step logged twice
+
+
+HANGING_RANK = """
+import datetime, time, torch.distributed as dist
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+time.sleep(600)  # alive but stuck: no error reaches rank 0, only its timeout can end the wait
+"""
+
+
+def test_a_stuck_rank_ends_the_run_after_ovss_dist_timeout(voc, tmp_path):
+    group = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OVSS_DIST_TIMEOUT": "5"}
+    stuck = subprocess.Popen([sys.executable, "-c", HANGING_RANK], env={**environment(**group), "RANK": "1"})
+    try:
+        start = time.monotonic()
+        rank0 = subprocess.run(
+            [sys.executable, "-m", "ovss.cli", *eval_args(voc["root"], tmp_path / "stuck")],
+            env={**environment(**group), "RANK": "0"},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        stuck.kill()
+        stuck.wait()
+    errors = [line for line in rank0.stderr.splitlines() if line.startswith("ovss: error:")]
+    assert rank0.returncode == 2 and len(errors) == 1 and "within 5 s" in errors[0], rank0.stderr[-3000:]
+    assert "Traceback" not in rank0.stderr and elapsed < TIMEOUT
+    assert not (tmp_path / "stuck" / "results.json").exists()

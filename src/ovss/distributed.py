@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -67,7 +68,9 @@ def init_if_launched() -> bool:
 
 
 def _broken(what: str, timeout: float, error: BaseException) -> str:
-    detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    # gloo prefixes its source location ("[.../pair.cc:553] Connection closed by peer ..."): keep the words
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip())
+    detail = text.splitlines()[0][:160] if text else type(error).__name__
     return (
         f"{what} failed: another rank died or did not answer within {timeout:.0f} s ({detail}); "
         f"re-run the same command to resume (raise {TIMEOUT_ENV} if a rank is just slow)"
