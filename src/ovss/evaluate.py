@@ -2,15 +2,17 @@
 
 Each rank (``RANK``/``WORLD_SIZE`` from ``torchrun`` or ``accelerate launch``; 0/1 otherwise)
 takes every WORLD_SIZE-th image, accumulates a confusion matrix and saves it atomically with the
-names of the images it has done, so a crashed run resumes where it stopped. Rank 0 waits for all
-shards, sums the matrices and writes ``results.json`` and ``results.md`` with every setting.
+names of the images it has done, so a crashed run resumes where it stopped. Under a process group
+(torchrun) the matrices are summed with one all_reduce; without one rank 0 waits for every shard
+file. Shards left by a run with another world size are merged: their finished images are skipped
+and their matrices added once, so a run resumed with fewer or more ranks gives the same result.
+Rank 0 writes ``results.json`` and ``results.md`` with every setting.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import numpy as np
 from ._version import __version__
 from .data.check import check_sample
 from .device import device_for_rank
+from .distributed import all_reduce_array, barrier, init_if_launched, wait_for_ranks
 from .errors import InputError
 from .io import atomic_path, write_json
 from .jobs import dist_info, running
@@ -158,6 +161,7 @@ def _segmenter(job: EvalJob):
 def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     """Evaluate; returns the results on rank 0 (None on other ranks)."""
     rank, world = dist_info()
+    grouped = init_if_launched()  # early, so that a rank that never starts is reported before any work
     if job.method != GROUND_TRUTH:  # the method, protocol and settings are checked before any file is read
         from .methods import get_method_spec
         from .methods.settings import require_checkpoint, resolve_settings
@@ -186,12 +190,21 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict[str, Any] | None:
     shard = _Shard(
         out / "partial" / f"rank{rank}-of-{world}.json", dataset.num_classes, dataset.ignore_index, signature
     )
+    earlier = _earlier_shards(out, world, signature)  # left by a run with another world size
+    skip = {name for state in earlier for name in state["done"]}
     desc = f"{job.benchmark} [{rank}/{world}]"
+    mine = [s for s in samples[rank::world] if s.name not in skip]
     with running("eval", flush=shard.save):  # Ctrl-C keeps the images finished so far
-        _evaluate_shard(dataset, samples[rank::world], shard, segmenter, vocab, progress, desc, rank)
+        _evaluate_shard(dataset, mine, shard, segmenter, vocab, progress, desc, rank)
+    empty = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
+    if grouped:
+        total = _reduce(shard, empty)
+        barrier("eval: waiting for every rank's shard")  # no rank leaves before the sum is complete
+    elif rank == 0:
+        total = _gather(out, world, empty, signature)
     if rank != 0:
         return None
-    total = _gather(out, world, ConfusionMatrix(dataset.num_classes, dataset.ignore_index), signature)
+    total = _add_earlier(total, earlier, len(samples), out)
     report = _report(job, total, metric, proto, vocab, segmenter, settings, len(samples), world, names_source)
     return report
 
@@ -277,22 +290,56 @@ def _report(
     return report
 
 
+def _earlier_shards(out: Path, world: int, signature: str) -> list[dict[str, Any]]:
+    """Shards of earlier runs with another world size (their images are disjoint from every other
+    shard's, because each run skips the images already in them)."""
+    states = []
+    for path in sorted((out / "partial").glob("rank*-of-*.json")):
+        if path.name.endswith(f"-of-{world}.json"):
+            continue
+        state = json.loads(path.read_text())
+        if state["key"] != signature:
+            raise InputError(f"{out} holds an evaluation with other settings; use another --out")
+        states.append({**state, "world": path.name.rsplit("-of-", 1)[1].removesuffix(".json")})
+    return states
+
+
+def _reduce(shard: _Shard, total: ConfusionMatrix) -> dict[str, Any]:
+    """Sum this run's matrices over the process group (exact: int64 counts)."""
+    counts = np.append(shard.matrix.matrix.ravel(), shard.matrix.num_images).astype(np.int64)
+    summed = all_reduce_array(counts, "sum", "eval: summing the confusion matrices")
+    seconds = all_reduce_array(np.array([shard.seconds], dtype=np.float64), "max", "eval: gathering timings")
+    total.matrix += summed[:-1].reshape(total.matrix.shape)
+    total.num_images += int(summed[-1])
+    return {"matrix": total, "seconds": float(seconds[0])}
+
+
+def _add_earlier(total: dict[str, Any], earlier: list[dict[str, Any]], expected: int, out: Path) -> dict[str, Any]:
+    matrix, seconds = total["matrix"], total["seconds"]
+    by_world: dict[str, float] = {}
+    for state in earlier:
+        matrix += ConfusionMatrix.from_dict(state["matrix"])
+        by_world[state["world"]] = max(by_world.get(state["world"], 0.0), state["seconds"])
+    if matrix.num_images != expected:  # each image must be counted exactly once
+        raise InputError(
+            f"{out / 'partial'} adds up to {matrix.num_images} images instead of {expected}; "
+            "delete that folder and run again"
+        )
+    return {"matrix": matrix, "seconds": seconds + sum(by_world.values())}
+
+
 def _gather(out: Path, world: int, total: ConfusionMatrix, signature: str) -> dict[str, Any]:
-    """Wait for every rank's finished shard and sum them into ``total``."""
-    seconds, waited = 0.0, 0.0
-    timeout = float(os.environ.get("OVSS_GATHER_TIMEOUT", 24 * 3600))
-    for r in range(world):
-        path = out / "partial" / f"rank{r}-of-{world}.json"
-        while True:
-            state = json.loads(path.read_text()) if path.exists() else None
-            if state and state["complete"] and state["key"] == signature:
-                break
-            time.sleep(1.0)
-            waited += 1.0
-            if waited > timeout:
-                raise InputError(f"rank {r} did not finish within {timeout:.0f} s ({path}); re-run to resume")
-            if waited % 60 == 0:
-                print(f"ovss: waiting for rank {r} to finish ({path})", file=sys.stderr)
+    """Without a process group: wait (bounded) for every rank's finished shard file and sum them into ``total``."""
+    paths = [out / "partial" / f"rank{r}-of-{world}.json" for r in range(world)]
+
+    def finished(path: Path) -> dict[str, Any] | None:
+        state = json.loads(path.read_text()) if path.exists() else None
+        return state if state and state["complete"] and state["key"] == signature else None
+
+    wait_for_ranks(lambda: [p.name for p in paths if finished(p) is None], "eval: waiting for the other ranks' shards")
+    seconds = 0.0
+    for path in paths:
+        state = finished(path)
         total += ConfusionMatrix.from_dict(state["matrix"])
         seconds = max(seconds, state["seconds"])
     return {"matrix": total, "seconds": seconds}

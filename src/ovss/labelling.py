@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .device import device_for_rank
+from .distributed import wait_for_ranks
 from .errors import InputError
 from .jobs import register_job_kind
 
@@ -126,6 +126,7 @@ def label(
 
     >>> label("photos/", "cat; dog", "dataset/", formats="coco,yolo-seg", clip="openai/clip-vit-base-patch16")
     """
+    from .distributed import init_if_launched, is_distributed
     from .export import ExportSettings, parse_formats
     from .io import DEFAULT_MAX_PIXELS
     from .jobs import dist_info, plan_images
@@ -158,6 +159,7 @@ def label(
         for k, v in {"clip": clip, "dino": dino, "sam": sam, "checkpoint": checkpoint}.items()
     }
     rank, world = dist_info()
+    init_if_launched()  # under torchrun the ranks meet at a bounded barrier before the export
     cache = out / "cache"
     items = [(p, s.as_posix()) for p, s in zip(paths, stems)]
     mine = items[rank::world]
@@ -187,10 +189,10 @@ def label(
             segmenter = _segmenter(method, clip, dino, sam, checkpoint, device, max_pixels, settings)
         failed = _segment_all(segmenter, todo, vocab, cache, job, confidence, progress)
     skipped = len(mine) - len(todo)
+    # under torchrun every rank meets at the barrier inside; otherwise only rank 0 waits for the files
+    states = _wait_for_all(cache, items, job) if rank == 0 or is_distributed() else []
     if rank != 0:
         return None
-
-    states = _wait_for_all(cache, items, job)
     done = [(p, s) for (p, s), state in zip(items, states) if state == "done"]
     folders = {}
     if done:
@@ -271,21 +273,15 @@ def _segment_all(segmenter, todo, vocab, cache: Path, job: dict[str, Any], confi
 
 def _wait_for_all(cache: Path, items: list[tuple[Path, str]], job: dict[str, Any]) -> list[str]:
     """Each image's state once every rank has finished it (done or failed)."""
-    timeout = float(os.environ.get("OVSS_GATHER_TIMEOUT", 24 * 3600))
-    start = time.monotonic()
-    last_note = start
-    while True:
-        states = [_marker_state(_cache_files(cache, s)["marker"], job) for _, s in items]
-        missing = sum(state is None for state in states)
-        if not missing:
-            return states  # type: ignore[return-value]
-        now = time.monotonic()
-        if now - start > timeout:
-            raise InputError(f"{missing} image(s) were not labelled within {timeout:.0f} s; re-run to resume")
-        if now - last_note > 60:
-            print(f"ovss: waiting for other ranks: {missing} image(s) to go", file=sys.stderr)
-            last_note = now
-        time.sleep(1.0)
+
+    def states() -> list[str | None]:
+        return [_marker_state(_cache_files(cache, s)["marker"], job) for _, s in items]
+
+    def missing() -> list[str]:
+        return [stem for (_, stem), state in zip(items, states()) if state is None]
+
+    wait_for_ranks(missing, "label: waiting for the other ranks' images")
+    return states()  # type: ignore[return-value]
 
 
 def _cached_items(cache: Path, done: list[tuple[Path, str]], class_names: list[str]) -> Iterator[Any]:

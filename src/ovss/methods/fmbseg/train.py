@@ -16,6 +16,7 @@ training ends, the run folder itself becomes an ``ovss.checkpoints`` checkpoint 
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -207,9 +208,11 @@ def _train(
     pairs, vocab, labels: Path, out: Path, settings: TrainSettings, dino_name, clip_name, device, dino, clip, progress
 ):
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
     from tqdm import tqdm
 
     from ...device import resolve_device
+    from ...distributed import dist_timeout
     from ...io import remove_stale_parts
     from ...models.registry import load_backbone
     from .module import save_checkpoint
@@ -218,7 +221,9 @@ def _train(
         raise InputError(f"{out} holds a training run of an older ovss that cannot be resumed; choose another --out")
     remove_stale_parts(out)  # a killed run's half-written state or log (dead pids only)
     dev = resolve_device(device)
-    accelerator = Accelerator(cpu=dev.type == "cpu")
+    # collectives bounded by OVSS_DIST_TIMEOUT: a dead rank ends the others with an error, not a hang
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=dist_timeout()))
+    accelerator = Accelerator(cpu=dev.type == "cpu", kwargs_handlers=[timeout])
     torch.manual_seed(settings.seed)  # the module's initial weights
     dino = load_backbone("dino", dino if dino is not None else dino_name, accelerator.device)
     clip = load_backbone("clip", clip if clip is not None else clip_name, accelerator.device)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...distributed import init_if_launched, is_distributed, wait_for_ranks
 from ...errors import InputError
 from ...io import remove_stale_parts, save_image, write_json
 from ...jobs import dist_info, finished, my_shard, stream_images
@@ -181,10 +181,8 @@ def _embed_images(
 
 
 def wait_for_bank(stems: list[str], folder: Path, job: dict[str, Any], poll: float = 5.0) -> None:
-    """Rank 0 of a multi-process run waits until every rank has written its share."""
-    while missing := [s for s in stems if not _bank_done(folder, s, job)]:
-        print(f"ovss: waiting for {len(missing)} images from other ranks (first: {missing[0]})", file=sys.stderr)
-        time.sleep(poll)
+    """Every rank's share of the bank is on disk (a bounded barrier under torchrun, else rank 0 polls)."""
+    wait_for_ranks(lambda: [s for s in stems if not _bank_done(folder, s, job)], "tuss mask bank", poll)
 
 
 def load_bank(stems: list[str], folder: Path) -> Bank:
@@ -328,13 +326,16 @@ def fit_tuss(
     # what the embeddings depend on, whatever the caller records: a re-run with other settings is refused
     bank_job = {"bank": job or {}, "embedding": _embedding_settings(method), "models": _model_ids(method)}
     folder = out / BANK
+    init_if_launched()  # under torchrun the ranks meet at a bounded barrier before the fit
     failed = build_bank(method, paths, stems, folder, bank_job, progress)
     if failed:
         raise InputError(f"{failed} training image(s) unreadable; remove them and re-run (finished ones are kept)")
     rank, world = dist_info()
+    if is_distributed():  # all ranks meet before the fit; only rank 0 fits
+        wait_for_bank(stems, folder, bank_job)
     if rank != 0:
         return None
-    if world > 1:
+    if world > 1 and not is_distributed():
         wait_for_bank(stems, folder, bank_job)
     bank = load_bank(stems, folder)
     bank_seconds = time.perf_counter() - start
