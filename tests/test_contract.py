@@ -301,6 +301,7 @@ LAYERS = {
     "cliargs": 1,
     "typecheck": 0,
     "jobs": 1,
+    "distributed": 1,
     "result": 1,
     "checkpoints": 2,
     "models": 2,

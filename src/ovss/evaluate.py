@@ -100,8 +100,9 @@ def eval_vocabulary(job: EvalJob, proto: ResolvedProtocol, num_classes: int) -> 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -124,8 +125,16 @@ class _Shard:
             self.done, self.seconds, self.complete = state["done"], state["seconds"], state["complete"]
 
     def save(self) -> None:
-        write_json(self.path, {"key": self.key, "matrix": self.matrix.to_dict(), "done": self.done,
-                               "seconds": self.seconds, "complete": self.complete})  # fmt: skip
+        write_json(
+            self.path,
+            {
+                "key": self.key,
+                "matrix": self.matrix.to_dict(),
+                "done": self.done,
+                "seconds": self.seconds,
+                "complete": self.complete,
+            },
+        )
 
 
 def _open_dataset(job: EvalJob):
@@ -340,8 +349,8 @@ def _gather(out: Path, world: int, total: ConfusionMatrix, signature: str) -> di
     seconds = 0.0
     for path in paths:
         state = finished(path)
-        total += ConfusionMatrix.from_dict(state["matrix"])
-        seconds = max(seconds, state["seconds"])
+        total += ConfusionMatrix.from_dict(state["matrix"])  # type: ignore[index]
+        seconds = max(seconds, state["seconds"])  # type: ignore[index]
     return {"matrix": total, "seconds": seconds}
 
 

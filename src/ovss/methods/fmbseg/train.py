@@ -108,8 +108,11 @@ def pair_images_and_labels(images: Path, labels: Path) -> list[tuple[Path, Path]
     if not labels.is_dir():
         raise InputError(f"{labels}: label folder not found (run `ovss pseudo-label` first)")
     by_stem = {p.stem: p for p in labels.rglob("*.png")}
-    pairs = [(p, by_stem[p.stem]) for p in sorted(images.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
-             and p.stem in by_stem]  # fmt: skip
+    pairs = [
+        (p, by_stem[p.stem])
+        for p in sorted(images.rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in by_stem
+    ]
     if not pairs:
         raise InputError(f"no image in {images} has a same-named label PNG in {labels}")
     return pairs
@@ -168,8 +171,9 @@ class PseudoLabelCrops(torch.utils.data.Dataset):
         h, w = label.shape
         scale = self.size / min(h, w)
         nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
-        img = F.interpolate(torch.tensor(image).permute(2, 0, 1)[None].float(), size=(nh, nw), mode="bilinear",
-                            align_corners=False)[0]  # fmt: skip
+        img = F.interpolate(
+            torch.tensor(image).permute(2, 0, 1)[None].float(), size=(nh, nw), mode="bilinear", align_corners=False
+        )[0]
         lab = F.interpolate(torch.tensor(label)[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
         y, x = rng.randint(0, nh - self.size), rng.randint(0, nw - self.size)
         img, lab = img[:, y : y + self.size, x : x + self.size], lab[y : y + self.size, x : x + self.size]
@@ -252,8 +256,12 @@ def _train(
     log_path = out / LOG_FILE
     if accelerator.is_main_process:
         _cut_log(log_path, position.step)
-    loss_options = {"tau": settings.tau, "literal": settings.literal, "text_weight": settings.text_weight,
-                    "present_texts_only": settings.present_texts_only}  # fmt: skip
+    loss_options = {
+        "tau": settings.tau,
+        "literal": settings.literal,
+        "text_weight": settings.text_weight,
+        "present_texts_only": settings.present_texts_only,
+    }
     rank, world = accelerator.process_index, accelerator.num_processes
     delay = float(os.environ.get(TEST_DELAY_ENV, 0) or 0)
 

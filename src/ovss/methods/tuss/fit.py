@@ -95,8 +95,13 @@ def glcc_for(setting: str, fs: FitSettings, progress: bool = False) -> GLCC:
     def probe(p: ProbeConfig | None) -> ProbeConfig | None:
         if p is None:
             return None
-        changes = {"base_iters": fs.probe_iters, "base_warmup_iters": fs.probe_warmup, "iter_factor": fs.iter_factor,
-                   "seed": fs.seed, "schedule": fs.probe_schedule}  # fmt: skip
+        changes = {
+            "base_iters": fs.probe_iters,
+            "base_warmup_iters": fs.probe_warmup,
+            "iter_factor": fs.iter_factor,
+            "seed": fs.seed,
+            "schedule": fs.probe_schedule,
+        }
         return dataclasses.replace(p, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
     def lp(c: LPConfig, first: bool) -> LPConfig:
@@ -110,8 +115,16 @@ def glcc_for(setting: str, fs: FitSettings, progress: bool = False) -> GLCC:
     if fs.weighting is not None:
         inductive = dataclasses.replace(inductive, weighting=fs.weighting)  # type: ignore[arg-type]
     lp_weight = fs.lp_weight if fs.lp_weight is not None else cfg.lp_weight
-    return GLCC(dataclasses.replace(cfg, rounds=rounds, probe=probe(cfg.probe), inductive=inductive,  # type: ignore[arg-type]
-                                    lp_weight=lp_weight), progress)  # fmt: skip
+    return GLCC(
+        dataclasses.replace(
+            cfg,
+            rounds=rounds,
+            probe=probe(cfg.probe),  # type: ignore[arg-type]
+            inductive=inductive,
+            lp_weight=lp_weight,
+        ),
+        progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,8 +150,9 @@ class Bank:
         return ms, torch.from_numpy(ms.masks()) if len(ms) else torch.zeros(0, h, w, dtype=torch.bool)
 
 
-def build_bank(method: TUSSMethod, paths: list[Path], stems: list[str], folder: Path, job: dict[str, Any],
-               progress: bool = True) -> int:  # fmt: skip
+def build_bank(
+    method: TUSSMethod, paths: list[Path], stems: list[str], folder: Path, job: dict[str, Any], progress: bool = True
+) -> int:
     """Embed the masks of every image not yet in ``folder``; returns how many images failed."""
     from ...jobs import check_outputs, output_lock, running
 
@@ -169,8 +183,11 @@ def _embed_images(
             continue
         with torch.no_grad():
             me = method.embed(image)
-        tensors = {"embeddings": me.embeddings.float().contiguous(), "areas": me.areas.float().contiguous(),
-                   "levels": torch.tensor(me.levels, dtype=torch.int64)}  # fmt: skip
+        tensors = {
+            "embeddings": me.embeddings.float().contiguous(),
+            "areas": me.areas.float().contiguous(),
+            "levels": torch.tensor(me.levels, dtype=torch.int64),
+        }
         target = folder / f"{stem}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
@@ -244,8 +261,10 @@ def read_label(path: Path, shape: tuple[int, int], num_classes: int) -> np.ndarr
         raise InputError(f"{path}: label is {label.shape[1]}x{label.shape[0]} but its image is {shape[1]}x{shape[0]}")
     bad = (label != IGNORE) & (label >= num_classes)
     if bad.any():
-        raise InputError(f"{path}: label value {int(label[bad].max())} is not a class index (0-{num_classes - 1}, "
-                         "255 = ignore); labels index the classes in --vocab order, background first")  # fmt: skip
+        raise InputError(
+            f"{path}: label value {int(label[bad].max())} is not a class index (0-{num_classes - 1}, "
+            "255 = ignore); labels index the classes in --vocab order, background first"
+        )
     return label
 
 
@@ -283,22 +302,10 @@ def _miou(pred: list[np.ndarray], gt: list[np.ndarray], num_classes: int) -> flo
     return float(cm.results("present")["mIoU"])
 
 
-def fit_tuss(
-    method: TUSSMethod,
-    paths: list[Path],
-    stems: list[str],
-    out: Path,
-    vocab: Vocabulary,
-    setting: str,
-    fs: FitSettings,
-    *,
-    tags: Path | None = None,
-    labels: Path | None = None,
-    job: dict[str, Any] | None = None,
-    models: dict[str, str] | None = None,
-    progress: bool = True,
-) -> dict[str, Any] | None:
-    """Build the bank and fit; returns the report written to ``OUT/fit.json`` (None on ranks > 0)."""
+def _check_fit_inputs(
+    paths: list[Path], stems: list[str], vocab: Vocabulary, setting: str, tags: Path | None, labels: Path | None
+) -> tuple[list[list[int]] | None, list[Path | None] | None]:
+    """Everything a fit can refuse before any model runs; returns the image tags and label files."""
     if setting not in SETTINGS:
         raise InputError(f"unknown setting {setting!r}; use one of {', '.join(SETTINGS)}")
     if setting == "wsss" and tags is None:
@@ -309,7 +316,6 @@ def fit_tuss(
         raise InputError(f"{labels}: not a folder of label PNGs")
     if vocab.num_classes > IGNORE:
         raise InputError(f"{vocab.num_classes} classes do not fit an 8-bit label PNG with 255 as ignore")
-    stems = [str(s) for s in stems]
     tag_idx = read_tags(tags, paths, stems, vocab) if setting == "wsss" and tags is not None else None
     label_files = [label_path(Path(labels), s) for s in stems] if labels is not None else None
     if setting == "fsss" and label_files is not None and None in label_files:
@@ -322,26 +328,20 @@ def fit_tuss(
         for path, lf in zip(paths, label_files):
             if lf is not None:
                 read_label(lf, _oriented_size(path), vocab.num_classes)
-    start = time.perf_counter()
-    # what the embeddings depend on, whatever the caller records: a re-run with other settings is refused
-    bank_job = {"bank": job or {}, "embedding": _embedding_settings(method), "models": _model_ids(method)}
-    folder = out / BANK
-    init_if_launched()  # under torchrun the ranks meet at a bounded barrier before the fit
-    failed = build_bank(method, paths, stems, folder, bank_job, progress)
-    if failed:
-        raise InputError(f"{failed} training image(s) unreadable; remove them and re-run (finished ones are kept)")
-    rank, world = dist_info()
-    if is_distributed():  # all ranks meet before the fit; only rank 0 fits
-        wait_for_bank(stems, folder, bank_job)
-    if rank != 0:
-        return None
-    if world > 1 and not is_distributed():
-        wait_for_bank(stems, folder, bank_job)
-    bank = load_bank(stems, folder)
-    bank_seconds = time.perf_counter() - start
-    n_img, c = len(stems), vocab.num_classes
+    return tag_idx, label_files
 
-    # per-mask supervision
+
+def _mask_seeds(
+    method: TUSSMethod,
+    bank: Bank,
+    vocab: Vocabulary,
+    setting: str,
+    tag_idx: list[list[int]] | None,
+    label_files: list[Path | None] | None,
+    n_img: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[int, np.ndarray]]:
+    """Per-mask supervision: text scores (restricted to the tags in wsss) or the votes of pixel labels."""
+    c = vocab.num_classes
     seeds = torch.zeros(len(bank.areas), c)
     candidates = None
     label_maps: dict[int, np.ndarray] = {}
@@ -365,9 +365,74 @@ def fit_tuss(
             label_maps[i] = read_label(lf, ms.image_size, c)
             seeds[bank.rows(i)] = votes(masks, label_maps[i], c)
 
+    return seeds, candidates, label_maps
+
+
+def _paint_training_images(
+    bank: Bank,
+    train_scores: torch.Tensor,
+    candidates: torch.Tensor | None,
+    stems: list[str],
+    seeds_dir: Path,
+    num_classes: int,
+) -> None:
+    """The training images painted with their fitted scores (the WSSS pseudo-masks), one PNG each."""
+    c = num_classes
+    for i in range(len(stems)):
+        ms, masks = bank.masks(i)
+        scores = train_scores[bank.rows(i)].T
+        if candidates is not None:
+            scores = scores * candidates[bank.rows(i)].T
+        pred = paint(
+            masks, [int(v) for v in bank.levels[bank.rows(i)]], scores, np.full(ms.image_size, IGNORE, dtype=np.int32)
+        )
+        save_image(seeds_dir / f"{stems[i]}.png", label_image(pred, c))
+
+
+def fit_tuss(
+    method: TUSSMethod,
+    paths: list[Path],
+    stems: list[str],
+    out: Path,
+    vocab: Vocabulary,
+    setting: str,
+    fs: FitSettings,
+    *,
+    tags: Path | None = None,
+    labels: Path | None = None,
+    job: dict[str, Any] | None = None,
+    models: dict[str, str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Build the bank and fit; returns the report written to ``OUT/fit.json`` (None on ranks > 0)."""
+    stems = [str(s) for s in stems]
+    tag_idx, label_files = _check_fit_inputs(paths, stems, vocab, setting, tags, labels)
+    start = time.perf_counter()
+    # what the embeddings depend on, whatever the caller records: a re-run with other settings is refused
+    bank_job = {"bank": job or {}, "embedding": _embedding_settings(method), "models": _model_ids(method)}
+    folder = out / BANK
+    init_if_launched()  # under torchrun the ranks meet at a bounded barrier before the fit
+    failed = build_bank(method, paths, stems, folder, bank_job, progress)
+    if failed:
+        raise InputError(f"{failed} training image(s) unreadable; remove them and re-run (finished ones are kept)")
+    rank, world = dist_info()
+    if is_distributed():  # all ranks meet before the fit; only rank 0 fits
+        wait_for_bank(stems, folder, bank_job)
+    if rank != 0:
+        return None
+    if world > 1 and not is_distributed():
+        wait_for_bank(stems, folder, bank_job)
+    bank = load_bank(stems, folder)
+    bank_seconds = time.perf_counter() - start
+    n_img = len(stems)
+    seeds, candidates, label_maps = _mask_seeds(method, bank, vocab, setting, tag_idx, label_files, n_img)
     text = class_text_embeddings(method, vocab)
-    report: dict[str, Any] = {"setting": setting, "images": n_img, "masks": len(bank.areas),
-                              "fit_settings": dataclasses.asdict(fs)}  # fmt: skip
+    report: dict[str, Any] = {
+        "setting": setting,
+        "images": n_img,
+        "masks": len(bank.areas),
+        "fit_settings": dataclasses.asdict(fs),
+    }
     glcc = None
     if setting != "ovss":
         # sss keeps the held-out images in the graph: the selection and the final fit share one kNN search
@@ -379,12 +444,16 @@ def fit_tuss(
         first_k = glcc_for(setting, fs).config.rounds[0].lp.k
         if setting != "fsss" and len(bank.areas) < 5 * first_k:
             n = len(bank.areas)
-            warnings.warn(f"ovss: the bank has only {n} masks for k = {first_k} graph neighbours; label propagation "
-                          "will blur classes together (on a 97-mask test bank WSSS fell from 60.7 to 33.1 mIoU). Add "
-                          "images or diffuse less: --set lp_alpha=0.5 (66.2 there)", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"ovss: the bank has only {n} masks for k = {first_k} graph neighbours; label propagation "
+                "will blur classes together (on a 97-mask test bank WSSS fell from 60.7 to 33.1 mIoU). Add "
+                "images or diffuse less: --set lp_alpha=0.5 (66.2 there)",
+                stacklevel=2,
+            )
         t0 = time.perf_counter()
-        glcc = glcc_for(setting, fs, progress).fit(bank.embeddings, bank.areas, seeds, candidates=candidates,
-                                                    text_embeddings=text, knn=knn)  # fmt: skip
+        glcc = glcc_for(setting, fs, progress).fit(
+            bank.embeddings, bank.areas, seeds, candidates=candidates, text_embeddings=text, knn=knn
+        )
         report["fit_seconds"] = round(time.perf_counter() - t0, 2)
         report["lp_weight"] = glcc.config.lp_weight
         report["k_bar"] = glcc.lp_classifier.config.k_bar  # type: ignore[union-attr]
@@ -393,19 +462,10 @@ def fit_tuss(
         train_scores = seeds
     assert train_scores is not None
 
-    # the training images painted with their fitted scores (the WSSS pseudo-masks)
-    seeds_dir = out / "seeds"
-    for i in range(n_img):
-        ms, masks = bank.masks(i)
-        scores = train_scores[bank.rows(i)].T
-        if candidates is not None:
-            scores = scores * candidates[bank.rows(i)].T
-        pred = paint(masks, [int(v) for v in bank.levels[bank.rows(i)]], scores,
-                     np.full(ms.image_size, IGNORE, dtype=np.int32))  # fmt: skip
-        save_image(seeds_dir / f"{stems[i]}.png", label_image(pred, c))
-
-    classifier = TUSSClassifier(setting, vocab, glcc, _embedding_settings(method), models or {},
-                                {**report, "job": job or {}})  # fmt: skip
+    _paint_training_images(bank, train_scores, candidates, stems, out / "seeds", vocab.num_classes)
+    classifier = TUSSClassifier(
+        setting, vocab, glcc, _embedding_settings(method), models or {}, {**report, "job": job or {}}
+    )
     classifier.save(out)
     report["bank_seconds"] = round(bank_seconds, 2)
     report["classifier"] = str(out)
@@ -416,19 +476,41 @@ def fit_tuss(
 def _model_ids(method: TUSSMethod) -> dict[str, Any]:
     clip, gen = method.clip, method.generator
     sam = getattr(gen, "sam", None)
-    return {"clip": getattr(clip, "fingerprint", None) or getattr(clip, "name", None),
-            "sam": getattr(sam, "name", None) or getattr(gen, "name", None)}  # fmt: skip
+    return {
+        "clip": getattr(clip, "fingerprint", None) or getattr(clip, "name", None),
+        "sam": getattr(sam, "name", None) or getattr(gen, "name", None),
+    }
 
 
 def _embedding_settings(method: TUSSMethod) -> dict[str, Any]:
-    keys = ("short_side", "size_multiple", "window", "global_weight", "patches_see_cls", "templates", "logit_scale",
-            "gamma", "background_method", "background_power", "norm", "sam_preset", "sam_settings",
-            "precision")  # fmt: skip
+    keys = (
+        "short_side",
+        "size_multiple",
+        "window",
+        "global_weight",
+        "patches_see_cls",
+        "templates",
+        "logit_scale",
+        "gamma",
+        "background_method",
+        "background_power",
+        "norm",
+        "sam_preset",
+        "sam_settings",
+        "precision",
+    )
     return {k: getattr(method.settings, k) for k in keys}
 
 
-def _select(bank: Bank, seeds: torch.Tensor, text: torch.Tensor, setting: str, fs: FitSettings,
-            label_maps: dict[int, np.ndarray], knn=None) -> dict[str, Any] | None:  # fmt: skip
+def _select(
+    bank: Bank,
+    seeds: torch.Tensor,
+    text: torch.Tensor,
+    setting: str,
+    fs: FitSettings,
+    label_maps: dict[int, np.ndarray],
+    knn=None,
+) -> dict[str, Any] | None:
     """Choose lp_weight and k_bar on held-out labelled images (never on the images reported)."""
     if fs.heldout <= 0 or (fs.lp_weight is not None and fs.k_bar is not None):
         return None
@@ -467,8 +549,18 @@ def _select(bank: Bank, seeds: torch.Tensor, text: torch.Tensor, setting: str, f
                 score = score.masked_fill((w * lp < glcc.config.suppress_eps) | (probe < glcc.config.suppress_eps), 0)
                 fill = np.zeros(ms.image_size, dtype=np.int32)
                 preds.append(paint(masks, [int(v) for v in bank.levels[bank.rows(i)]], score.T, fill))
-            table.append({"k_bar": k_bar, "lp_weight": w, "mIoU": round(_miou(preds, [label_maps[i] for i in held],
-                                                                                   seeds.shape[1]), 3)})  # fmt: skip
+            table.append(
+                {
+                    "k_bar": k_bar,
+                    "lp_weight": w,
+                    "mIoU": round(_miou(preds, [label_maps[i] for i in held], seeds.shape[1]), 3),
+                }
+            )
     best = max(table, key=lambda r: r["mIoU"])  # first of equals: the sweep order
-    return {"heldout_images": [bank.stems[i] for i in held], "k_bar": best["k_bar"], "lp_weight": best["lp_weight"],
-            "heldout_mIoU": best["mIoU"], "table": table}  # fmt: skip
+    return {
+        "heldout_images": [bank.stems[i] for i in held],
+        "k_bar": best["k_bar"],
+        "lp_weight": best["lp_weight"],
+        "heldout_mIoU": best["mIoU"],
+        "table": table,
+    }
