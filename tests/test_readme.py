@@ -15,7 +15,7 @@ from ovss.cli import _parse, main
 README = Path(__file__).resolve().parents[1] / "README.md"
 MODEL_ID = re.compile(r"^(openai|facebook)/[\w.-]+$")
 # commands that read data or runs this test does not make: parsed, not run
-NEEDS_DATA = ("eval", "train", "fit", "pseudo-label", "convert", "data", "demo")
+NEEDS_DATA = ("eval", "leaderboard", "train", "fit", "pseudo-label", "convert", "data", "demo")
 
 
 def readme_commands() -> list[str]:
