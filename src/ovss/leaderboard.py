@@ -11,7 +11,7 @@ Peak memory: by default the cells run in this process and a thread samples its r
 with psutil every 20 ms while a cell runs, keeping the maximum, which therefore includes the
 Python/torch baseline and whatever earlier cells left cached (``ru_maxrss`` could not be used: it
 is process-wide and never decreases). With ``isolate`` each cell runs in a fresh child process and
-reports that process's own ``ru_maxrss``: exact per cell, at the cost of loading models per cell.
+reports that process's own peak (VmHWM): exact per cell, at the cost of loading models per cell.
 On CUDA, ``torch.cuda.max_memory_allocated`` is reset before and read after each cell.
 """
 
@@ -227,20 +227,32 @@ def _prepare(cell: Cell) -> None:
 
 
 def _isolated_cell(job: EvalJob, progress: bool) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
-    """One cell in a fresh process: its own high-water mark (ru_maxrss) is exactly the cell's peak."""
-    import resource
-
+    """One cell in a fresh process: its own high-water mark is exactly the cell's peak."""
     import torch
 
     cuda = torch.cuda.is_available() and (job.device is None or str(job.device).startswith("cuda"))
     results = run_eval(job, progress=progress)
     if results is not None:
         results.pop("table", None)
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    memory = {"peak_rss_mib": round(rss_kib / 1024, 1), "peak_cuda_mib": None}
+    memory = {"peak_rss_mib": round(_own_peak_kib() / 1024, 1), "peak_cuda_mib": None}
     if cuda:
         memory["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return results, memory
+
+
+def _own_peak_kib() -> float:
+    """This process's peak RSS: VmHWM of its own memory map where Linux has it (ru_maxrss is carried over
+    from the parent through fork and exec, so a child started by a big parent would report the parent's)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _run_isolated(job: EvalJob, progress: bool) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
@@ -266,7 +278,7 @@ def run_cell(cell: Cell, progress: bool = True, isolate: bool = False) -> tuple[
     if results is None:  # a rank other than 0 under torchrun: rank 0 writes the board
         return {}, {}, False
     results = _read_json(cell.out / "results.json") or results  # exactly what was written (NaN as null)
-    how = "own process ru_maxrss" if isolate else "psutil RSS samples"
+    how = "own process peak (VmHWM)" if isolate else "psutil RSS samples"
     record = {"signature": cell.signature, "complete": True, **memory, "memory_measured_by": how}
     write_json(cell.out / CELL_FILE, record)
     return results, record, False
@@ -366,7 +378,7 @@ def run_leaderboard(
         "checkpoints": dict(checkpoints or {}),
         "overrides": dict(overrides or {}),
         "limit": limit,
-        "memory": "per cell in its own process (ru_maxrss)" if isolate else "in one process (psutil RSS samples)",
+        "memory": "per cell in its own process (VmHWM)" if isolate else "in one process (psutil RSS samples)",
         "ovss_commit": _git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
