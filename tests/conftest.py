@@ -19,7 +19,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 # Real images with ground truth live beside the checkout (../shared/evaldata), never in the package.
-SHARED = Path(os.environ.get("OVSS_EVALDATA", Path(__file__).resolve().parents[2] / "shared" / "evaldata"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shared_paths import EVALDATA as SHARED
 
 
 @pytest.fixture(autouse=True)

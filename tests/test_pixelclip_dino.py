@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,7 @@ from PIL import Image
 import ovss.methods.pixelclip as pc
 from ovss.masks.kmeans import KMeansMaskGenerator, kmeans
 from ovss.models.dino import DinoBackbone
-
-REAL_DINO = Path(__file__).resolve().parents[2] / "shared" / "models" / "dinov2-small-imgfocus"
+from shared_paths import REAL_DINO
 
 
 def test_random_init_kmeans_is_lloyd_from_distinct_rows():

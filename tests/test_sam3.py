@@ -404,6 +404,7 @@ def test_masks_command_takes_the_sam3_generator(evaldata, tmp_path):
     masks = MaskSet.from_json(data)
     assert masks.image_size == (512, 683) and len(masks) > 0
     assert data["info"]["generator"] == "sam3" and {r["prompt"] for r in masks} <= {"object", "person"}
+    assert data["info"]["job"]["model"] == "tiny-random"  # --sam (here the tests' default) names the SAM 3 model
 
 
 def test_bf16_autocast_stays_close_to_fp32(sam3):

@@ -9,7 +9,6 @@ pixel's own object on real VOC images, against a random DINOv2 of the same shape
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +28,7 @@ LAYOUT = {
     "tiny-random-dino": ("vit", 1, 8),
     "tiny-random-dinov3": ("dinov3_vit", 5, 16),
 }
-REAL_DINO = Path(__file__).resolve().parents[2] / "shared" / "models" / "dinov2-small-imgfocus"
+from shared_paths import REAL_DINO  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cliargs import add_model_args, add_set_arg
 from ..errors import InputError
 
 DESCRIPTION = """\
@@ -28,21 +29,6 @@ examples:
 """
 
 
-def _set_arg(value: str) -> tuple[str, Any]:
-    import ast
-
-    if "=" not in value:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected KEY=VALUE")
-    key, raw = value.split("=", 1)
-    raw = raw.strip()
-    if raw.lower() in ("none", "null"):
-        return key.strip(), None
-    try:
-        return key.strip(), ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return key.strip(), raw
-
-
 def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``masks`` on an ``argparse`` sub-parser collection; returns the new parser."""
     from .presets import PRESETS
@@ -57,19 +43,8 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--generator", "-g", default="sam", help="sam (default) or kmeans")
     p.add_argument("--preset", default="exact", help=f"SAM generator preset: {', '.join(PRESETS)} (default exact)")
-    p.add_argument(
-        "--sam", default="tiny-random", help="SAM/SAM2: hub id, local directory, Meta .pth checkpoint, or tiny-random"
-    )
-    p.add_argument("--dino", default="tiny-random", help="DINO/DINOv2 for --generator kmeans")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
-    p.add_argument(
-        "--set",
-        type=_set_arg,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any generator setting, e.g. --set points_per_side=16 or --set k=16",
-    )
+    add_model_args(p, checkpoint=False)  # --sam (SAM/SAM2, or SAM 3 for --generator sam3), --dino (kmeans)
+    add_set_arg(p, "any generator setting, e.g. --set points_per_side=16 or --set k=16")
     p.add_argument("--no-preview", action="store_true", help="do not write NAME.png")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this (default 64e6)")
@@ -77,8 +52,23 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+# generator -> (its keyword for the model, the backbone role that loads it, the option that names it)
+_MODELS = {"sam": ("sam", "sam", "sam"), "kmeans": ("dino", "dino", "dino"), "sam3": ("sam3", "sam3", "sam")}
+
+
+def _model_name(args: argparse.Namespace) -> str | None:
+    """The model the generator runs: the option's value, or the role's default id."""
+    from ..models.registry import default_model
+
+    if args.generator not in _MODELS:
+        return None
+    _, role, option = _MODELS[args.generator]
+    return getattr(args, option) or default_model(role)
+
+
 def _build_generator(args: argparse.Namespace):
     from ..device import resolve_device
+    from ..models.registry import load_backbone
     from .registry import get_mask_generator
 
     device = resolve_device(args.device)
@@ -87,18 +77,18 @@ def _build_generator(args: argparse.Namespace):
         from .presets import make_settings
 
         make_settings(args.preset, **settings)  # validate before loading any model
-        return get_mask_generator("sam", sam=args.sam, preset=args.preset, device=device, **settings)
-    if args.generator == "kmeans":
-        return get_mask_generator("kmeans", dino=args.dino, device=device, **settings)
-    return get_mask_generator(args.generator, device=device, **settings)
+        settings["preset"] = args.preset
+    if args.generator not in _MODELS:
+        return get_mask_generator(args.generator, device=device, **settings)
+    keyword, role, _ = _MODELS[args.generator]
+    model = load_backbone(role, _model_name(args), device)
+    return get_mask_generator(args.generator, device=device, **{keyword: model}, **settings)
 
 
 def _job(args: argparse.Namespace) -> dict[str, Any]:
-    job: dict[str, Any] = {"generator": args.generator, "settings": dict(args.set)}
+    job: dict[str, Any] = {"generator": args.generator, "settings": dict(args.set), "model": _model_name(args)}
     if args.generator == "sam":
-        job.update(preset=args.preset, model=args.sam)
-    elif args.generator == "kmeans":
-        job.update(model=args.dino)
+        job.update(preset=args.preset)
     return json.loads(json.dumps(job))
 
 
@@ -110,7 +100,9 @@ def cmd_masks(args: argparse.Namespace) -> int:
         from .registry import available_mask_generators
 
         if args.generator not in available_mask_generators():
-            raise InputError(f"unknown mask generator {args.generator!r}; use sam or kmeans")
+            raise InputError(
+                f"unknown mask generator {args.generator!r}; use one of {', '.join(available_mask_generators())}"
+            )
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     out = Path(args.out)
     ok_paths, ok_stems, unreadable = plan_images(args.inputs, out, max_pixels, kind="masks")

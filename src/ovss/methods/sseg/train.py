@@ -389,6 +389,24 @@ def train_sseg(
     mask_size = (settings.size // 4, settings.size // 4)
     workers = max(1, settings.num_workers)
     log = (run / LOG).open("a") if rank == 0 else None
+
+    def save() -> None:  # the state at the current position (the loop variables, read when called)
+        _checkpoint(
+            run,
+            model,
+            optimizer,
+            scheduler,
+            settings,
+            signature,
+            step,
+            epoch,
+            consumed,
+            batches_in_epoch,
+            rank,
+            world,
+            dino_name,
+        )
+
     bar = tqdm(
         total=total_steps, initial=step, desc="sseg", unit="step", file=sys.stderr, disable=not progress or rank != 0
     )
@@ -469,21 +487,7 @@ def train_sseg(
                 log.flush()
             done = step >= total_steps
             if done or step % settings.save_every == 0:
-                _checkpoint(
-                    run,
-                    model,
-                    optimizer,
-                    scheduler,
-                    settings,
-                    signature,
-                    step,
-                    epoch,
-                    consumed,
-                    batches_in_epoch,
-                    rank,
-                    world,
-                    dino_name,
-                )
+                save()
             if done:
                 break
         if not done:
@@ -497,21 +501,7 @@ def train_sseg(
             f"micro-batch of {micro}); check the data and batch_size"
         )
     if not (run / STATE / "trainer.pt").is_file() or int(_load_state(run)["step"]) != step:  # type: ignore[index]
-        _checkpoint(
-            run,
-            model,
-            optimizer,
-            scheduler,
-            settings,
-            signature,
-            step,
-            epoch,
-            consumed,
-            batches_in_epoch,
-            rank,
-            world,
-            dino_name,
-        )
+        save()
     _barrier(world)
     return {
         "run": str(run),
