@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PHOTO = (
-    Path(__file__).resolve().parents[2] / "shared/evaldata/ade20k_sceneparsing/sampleData/images/ADE_val_00000001.jpg"
-)
+from shared_paths import ADE_IMAGES
+
+PHOTO = ADE_IMAGES / "ADE_val_00000001.jpg"
 DEFAULT_PRESETS = [
     "exact",
     "exact+nonms",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,8 +75,9 @@ def full_size_clip(arch: str = "B/16"):
 
 
 def test_image() -> np.ndarray:
-    photo = Path(__file__).resolve().parents[2] / "shared/evaldata/ade20k_sceneparsing/sampleData/images"
     from PIL import Image
+
+    from shared_paths import ADE_IMAGES as photo
 
     if photo.is_dir():
         return np.asarray(Image.open(photo / "ADE_val_00000002.jpg").convert("RGB").resize((500, 375)))

@@ -34,8 +34,8 @@ def main() -> None:
     from layouts import _voc
     from ovss import Segmenter
     from ovss.evaluate import EvalJob, run_eval
+    from shared_paths import EVALDATA as evaldata
 
-    evaldata = Path(__file__).resolve().parents[2] / "shared" / "evaldata"
     work = Path(tempfile.mkdtemp(prefix="ovss-bench-"))
     try:
         _voc(evaldata, work / "data")

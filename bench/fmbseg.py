@@ -50,7 +50,8 @@ def dinov2(size: str):
 def photo() -> np.ndarray:
     from PIL import Image
 
-    path = Path(__file__).resolve().parents[2] / "shared/evaldata/ade20k_sceneparsing/sampleData/images"
+    from shared_paths import ADE_IMAGES as path
+
     if path.is_dir():
         return np.asarray(Image.open(path / "ADE_val_00000002.jpg").convert("RGB").resize((500, 375)))
     return np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)

@@ -29,7 +29,9 @@ from ovss.result import SegResult
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--evaldata", default=str(Path(__file__).resolve().parents[2] / "shared" / "evaldata"))
+    from shared_paths import EVALDATA
+
+    parser.add_argument("--evaldata", default=str(EVALDATA))
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.0, 1.0, 2.0])
     parser.add_argument("--min-area", type=int, default=16)
     args = parser.parse_args()

@@ -225,7 +225,8 @@ def main() -> None:
 def _photo() -> np.ndarray:
     from PIL import Image
 
-    path = Path(__file__).resolve().parents[2] / "shared/evaldata/ade20k_sceneparsing/sampleData/images"
+    from shared_paths import ADE_IMAGES as path
+
     if path.is_dir():
         return np.asarray(Image.open(path / "ADE_val_00000001.jpg").convert("RGB"))
     return np.random.default_rng(0).integers(0, 255, (512, 683, 3), dtype=np.uint8)

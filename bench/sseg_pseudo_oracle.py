@@ -15,15 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from shared_paths import EVALDATA, REAL_DINO
+
 ROOT = Path(__file__).resolve().parents[1]
-VOC = ROOT.parent / "shared" / "evaldata" / "vainf_voc_samples"
-REAL_DINO = ROOT.parent / "shared" / "models" / "dinov2-small-imgfocus"
+VOC = EVALDATA / "vainf_voc_samples"
 IGNORE = 255
 
 
 def voc_pairs(limit: int | None = None) -> list[tuple[Path, Path]]:
     images = sorted((VOC / "samples").glob("*_image.png"), key=lambda p: int(p.name.split("_")[0]))
     pairs = [(p, VOC / "derived" / "SegmentationClass" / p.name.replace("_image", "_target")) for p in images]
+    if not pairs:
+        raise SystemExit(f"no VOC samples at {VOC}; set OVSS_EVALDATA to the evaldata folder")
     return pairs[:limit] if limit else pairs
 
 

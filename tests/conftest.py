@@ -18,8 +18,8 @@ import pytest
 # Shared experiment worlds live beside the benches that report them (bench/*_world.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-# Real images with ground truth live beside the checkout (../shared/evaldata), never in the package.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Real images with ground truth live beside the checkout (../shared/evaldata), never in the package;
+# bench/shared_paths.py is the one home of that rule for tests and benches.
 from shared_paths import EVALDATA as SHARED
 
 

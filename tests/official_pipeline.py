@@ -10,7 +10,7 @@ its convolutional form, softmax -> one-hot synonym max -> ``area_thd`` -> argmax
 and NACLIP's division of the probabilities by their sum. It shares no code with ``ovss.ops`` or
 ``ovss.methods``; the last block comes from the per-head reference in ``test_dense_clip.py``.
 
-Run ``PYTHONPATH=src python tests/official_pipeline.py`` to print the agreement of ovss with it
+Run ``PYTHONPATH=src:bench python tests/official_pipeline.py`` to print the agreement of ovss with it
 on real images (the figures in the report of this change).
 """
 
