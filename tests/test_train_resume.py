@@ -259,6 +259,16 @@ def torchrun(tmp_path: Path, images: Path, labels: Path, out: Path) -> list[str]
     return [*head, str(script), *command(images, labels, out)[3:]]
 
 
+def _wait_until_gone(group: int, seconds: float = 30.0) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.killpg(group, 0)  # any process of the group still alive?
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_resume_exactly_after_a_kill(reference, tmp_path):
     """gloo on CPU: each rank trains on its share of every batch; SIGKILL to the whole process group
@@ -290,6 +300,7 @@ def test_two_ranks_under_torchrun_resume_exactly_after_a_kill(reference, tmp_pat
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
             proc.wait()
+    _wait_until_gone(proc.pid)  # SIGKILL is asynchronous: a rank can outlive the launcher's wait by a moment
     assert not (out / "model.safetensors").exists()
     again = subprocess.run(
         torchrun(tmp_path, images, labels, out), env=environment(), capture_output=True, text=True, timeout=TIMEOUT
