@@ -132,11 +132,12 @@ def kmeans_cost(device: torch.device, images: int = 4) -> dict:
 
 
 def inference_cost(model, device: torch.device) -> dict:
-    from ovss.methods.sseg import SSegMethod, SSegSettings
+    from ovss.methods.base import get_method_spec
+    from ovss.methods.sseg import SSegMethod
     from ovss.vocab import build_vocabulary
 
     method = SSegMethod.__new__(SSegMethod)  # reuse the built model without a checkpoint on disk
-    method.model, method.settings, method.device = model.eval(), SSegSettings(), device
+    method.model, method.settings, method.device = model.eval(), get_method_spec("sseg").settings, device
     method.mean, method.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     method.templates = ("a photo of a {}.",)
     image = np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)

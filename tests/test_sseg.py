@@ -342,6 +342,36 @@ def test_no_training_step_is_an_error_and_writes_no_checkpoint(tmp_path):
     assert not (run / "config.json").exists() and not (run / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("pooling", ["mean_then_mlp", "mlp_then_mean"])
+@pytest.mark.parametrize("weighting", ["uniform", "area"])
+def test_image_embedding_pools_mask_features_as_a_plain_loop(pooling, weighting):
+    from ovss.methods.sseg.model import ModelConfig, SSegModel, mask_weights
+
+    torch.manual_seed(0)
+    names = {"backbone", "num_queries", "decoder_layers", "hidden", "decoder_heads", "embed_dim"}
+    model = SSegModel(ModelConfig(**{k: v for k, v in TINY.items() if k in names}, text_layers=1, text_width=16))
+    masks, features = torch.randn(2, 6, 8, 8) * 3, torch.randn(2, 6, 32)
+    got = model.image_embedding(features, pooling, mask_weights(masks, weighting))
+    for b in range(2):
+        area = [float(torch.sigmoid(masks[b, q]).mean()) for q in range(6)]
+        w = [1 / 6] * 6 if weighting == "uniform" else [a / sum(area) for a in area]
+        mlp = model.image_projection
+        if pooling == "mean_then_mlp":
+            plain = mlp(sum(w[q] * features[b, q] for q in range(6)))
+        else:
+            plain = sum(w[q] * mlp(features[b, q]) for q in range(6))
+        torch.testing.assert_close(got[b], plain / plain.norm(), atol=1e-5, rtol=1e-5)
+    # an empty mask adds nothing to the area-weighted embedding
+    masks[:, 0] = -1e4
+    features2 = features.clone()
+    features2[:, 0] = 100.0
+    if weighting == "area":
+        torch.testing.assert_close(
+            model.image_embedding(features, pooling, mask_weights(masks, weighting)),
+            model.image_embedding(features2, pooling, mask_weights(masks, weighting)),
+        )
+
+
 def test_settings_are_validated_with_one_line_errors():
     from ovss.methods.sseg.train import make_train_settings
 
@@ -353,6 +383,10 @@ def test_settings_are_validated_with_one_line_errors():
         make_train_settings({"precision": "fp8"})
     with pytest.raises(InputError, match="recipe"):
         make_train_settings({"recipe": "huge"})
+    with pytest.raises(InputError, match="mask_weighting"):
+        make_train_settings({"mask_weighting": "sizes"})
+    with pytest.raises(InputError, match="mask_features"):
+        make_train_settings({"mask_features": "logits"})
     paper, small = make_train_settings({}), make_train_settings({"recipe": "small"})
     assert (paper.batch_size, paper.epochs, paper.lr, paper.num_queries, paper.k) == (4096, 30, 5e-4, 64, 8)
     assert small.batch_size == 512 and make_train_settings({"recipe": "small", "batch_size": 64}).batch_size == 64

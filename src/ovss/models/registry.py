@@ -55,9 +55,10 @@ def loader_for(role: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)
 
 
-def default_model(role: str) -> str:
-    """The role's real default id; ``OVSS_DEFAULT_MODEL`` (e.g. ``tiny-random`` in a test suite) overrides all."""
-    return os.environ.get("OVSS_DEFAULT_MODEL") or DEFAULT_MODELS.get(role, "tiny-random")
+def default_model(role: str, method_default: str | None = None) -> str:
+    """The role's real default id (``method_default`` where a method's paper names another, e.g. S-Seg's
+    DINO ViT-S/8); ``OVSS_DEFAULT_MODEL`` (e.g. ``tiny-random`` in a test suite) overrides all."""
+    return os.environ.get("OVSS_DEFAULT_MODEL") or method_default or DEFAULT_MODELS.get(role, "tiny-random")
 
 
 class ModelCache:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -72,3 +73,53 @@ def write_shards(
                     tar.addfile(info, io.BytesIO(payload))
         shards.append(path)
     return shards
+
+
+def word_tokenizer(words: Sequence[str], folder: str | os.PathLike) -> Path:
+    """A real ``CLIPTokenizer`` (saved to ``folder``) whose BPE merges make each of ``words`` one token.
+
+    CLIP's own BPE vocabulary holds common words such as colour names as single tokens; the offline
+    byte-level tokenizer has no merges, so a from-scratch text tower would first have to learn to
+    spell. This gives a synthetic world the word-level tokens a real tokenizer has. Merges are added
+    pair by pair until every word encodes to one token (checked)."""
+    from ..models.clip import _byte_level_tokenizer
+
+    base = _byte_level_tokenizer()
+    vocab = dict(base.get_vocab())
+    merges: list[tuple[str, str]] = []
+    targets = sorted({w.lower() for w in words if w.strip()})
+
+    def pieces(word: str) -> list[str]:
+        # greedy BPE with the merges so far, as CLIPTokenizer applies them (lowest rank first)
+        parts = [*word[:-1], word[-1] + "</w>"]
+        ranks = {pair: i for i, pair in enumerate(merges)}
+        while len(parts) > 1:
+            pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+            rank, i = min(pairs)
+            if rank == len(ranks):
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        return parts
+
+    for _ in range(sum(len(w) for w in targets) + 1):
+        unfinished = [(w, p) for w in targets if len(p := pieces(w)) > 1]
+        if not unfinished:
+            break
+        _, parts = unfinished[0]
+        merges.append((parts[0], parts[1]))
+        vocab.setdefault(parts[0] + parts[1], len(vocab))
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "vocab.json").open("w") as fh:
+        json.dump(vocab, fh)
+    with (folder / "merges.txt").open("w") as fh:
+        fh.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    for word in targets:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"word tokenizer: {word!r} encodes to {len(ids)} tokens")
+    tokenizer.save_pretrained(folder)
+    return folder

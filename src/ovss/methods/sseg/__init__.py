@@ -25,6 +25,7 @@ from ...protocols import register_family
 from ...templates import get_templates
 from ...vocab import Vocabulary
 from ..base import Command, Method, MethodOutput, MethodSpec, register_method
+from ..settings import family_defaults
 
 # GroupViT / TCL family (mmseg 0.x): short side 448, windows 448 / 224, background where the best
 # class score is under bg_thresh; values of the GroupViT code (NVlabs/GroupViT configs; the paper
@@ -43,12 +44,14 @@ GROUPVIT_FAMILY: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class SSegSettings:
-    short_side: int = 448  # GroupViT family
+    # short_side, window, templates and prob_thd come from the groupvit family's default column
+    # (family_defaults at registration), so the family table is their one home
+    short_side: int = 0
     long_max: int = 2048
-    window: tuple[int, int] | None = (448, 224)  # (crop, stride); None = whole image
-    templates: str = "simple"  # "a photo of a {}."
+    window: tuple[int, int] | None = None  # (crop, stride); None = whole image
+    templates: str | tuple[str, ...] = ""  # a template set's name, or templates each containing {}
     logit_scale: float | None = None  # softmax scale over classes; None = the checkpoint's learned 1 / temperature
-    prob_thd: float = 0.95  # background="threshold": class 0 where the best class probability is below this
+    prob_thd: float = 0.0  # background="threshold": class 0 where the best class probability is below this
     precision: str = "fp32"
     window_batch: int = 4
 
@@ -209,7 +212,7 @@ register_method(
         "sseg",
         "S-Seg: MaskFormer + text transformer trained from captions and DINO k-means pseudo-masks (reconstruction)",
         SSegMethod,
-        SSegSettings(),
+        family_defaults(SSegSettings(), "groupvit"),
         (),
         "Lai, CVPR 2025, arXiv 2401.12217",
         family="groupvit",

@@ -9,6 +9,13 @@ import sys
 from typing import Any
 
 from ...errors import InputError
+from ...models.registry import default_model
+
+
+def _dino(args: argparse.Namespace) -> str:
+    from .pseudo import PAPER_DINO
+
+    return getattr(args, "dino", None) or default_model("dino", PAPER_DINO)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,7 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         settings,
-        dino=getattr(args, "dino", None) or "tiny-random",
+        dino=_dino(args),
         device=getattr(args, "device", None),
         progress=not getattr(args, "no_progress", False),
     )
@@ -105,7 +112,7 @@ def run_pseudo(args: argparse.Namespace) -> int:
     if not getattr(args, "out", None):
         raise InputError("--out CACHE is required: the pseudo-mask folder (then train with --set pseudo_cache=CACHE)")
     s = make_train_settings(_overrides(args))
-    dino = load_backbone("dino", getattr(args, "dino", None) or "tiny-random", resolve_device(args.device))
+    dino = load_backbone("dino", _dino(args), resolve_device(args.device))
     stats = run_pseudo_cache(
         args.data, dino, args.out, s.k, s.dino_size, s.kmeans_iters, s.seed, progress=not args.no_progress
     )

@@ -30,6 +30,7 @@ BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     # a few thousand parameters, for tests and smoke runs only
     "swin-test": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4},
 }
+MASK_FEATURES = ("queries", "embeddings", "pooled")
 TOKENIZERS = ("bytes",)  # built offline; any other value is a CLIPTokenizer id or folder
 
 
@@ -43,8 +44,13 @@ class ModelConfig:
     embed_dim: int = 256  # joint image-text space
     # what a "mask feature" is (unknown): "queries" = the transformer decoder's query outputs (MaskFormer's
     # mask embeddings); "pooled" = the pixel-decoder embeddings averaged under the mask's sigmoid (at random
-    # init these are nearly equal across images, cosine 0.9997 in the synthetic world, and InfoNCE stalls)
+    # init these are nearly equal across images, cosine 0.9997 in the synthetic world, and InfoNCE stalls);
+    # "embeddings" = MaskFormer's mask embeddings (the MLP of the query that is dotted with the pixel
+    # embeddings to draw the mask), so the feature that names a mask is the one that draws it
     mask_features: str = "queries"
+    # "batch": BatchNorm in the image projection's hidden layer (as self-supervised projection heads,
+    # SimCLR); it removes what all mask features share, which dominates mask-pooled features at init
+    projection_norm: str = "none"
     text: str = "scratch"  # "scratch" (faithful) | "clip:NAME" (frozen pretrained CLIP text tower, non-faithful)
     text_layers: int = 12
     text_width: int = 256
@@ -71,8 +77,10 @@ class ModelConfig:
                 raise InputError(f"setting {name}={value!r} must be a positive integer")
         if self.hidden % self.decoder_heads or self.text_width % self.text_heads:
             raise InputError("hidden must be a multiple of decoder_heads and text_width of text_heads")
-        if self.mask_features not in ("pooled", "queries"):
-            raise InputError(f"setting mask_features={self.mask_features!r} must be 'pooled' or 'queries'")
+        if self.mask_features not in MASK_FEATURES:
+            raise InputError(f"setting mask_features={self.mask_features!r} must be one of {', '.join(MASK_FEATURES)}")
+        if self.projection_norm not in ("none", "batch"):
+            raise InputError(f"setting projection_norm={self.projection_norm!r} must be 'none' or 'batch'")
         if not (self.text == "scratch" or self.text.startswith("clip:")):
             raise InputError(f"setting text={self.text!r} must be 'scratch' or 'clip:NAME' (a CLIP id or folder)")
         if not 0 < self.temperature_init < 1:
@@ -120,11 +128,36 @@ def build_tokenizer(spec: str = "bytes"):
         ) from None
 
 
-def _mlp(dims: list[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
+WEIGHTINGS = ("uniform", "area")
+
+
+def mask_weights(masks: torch.Tensor, weighting: str) -> torch.Tensor | None:
+    """``(B, N, h, w)`` mask logits -> ``(B, N)`` pooling weights summing to one, or None (uniform).
+
+    "area": each mask weighs by its soft area (mean sigmoid), detached so that only the mask loss
+    draws the masks. A query whose mask is empty in this image then adds nothing to the image
+    embedding: with a uniform mean, queries bound to one colour each give the same mean for every
+    image, whatever it contains (measured: InfoNCE stays at log(batch) in the synthetic world)."""
+    if weighting == "uniform":
+        return None
+    area = masks.detach().float().sigmoid().mean((2, 3))
+    return area / area.sum(1, keepdim=True).clamp(min=1e-6)
+
+
+class FeatureBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the last dimension of ``(..., C)`` inputs (every mask of the batch is a sample)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def _mlp(dims: list[int], activation: type[nn.Module] = nn.GELU, norm: str = "none") -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(dims) - 1):
         layers.append(nn.Linear(dims[i], dims[i + 1]))
         if i < len(dims) - 2:
+            if norm == "batch":
+                layers.append(FeatureBatchNorm(dims[i + 1]))
             layers.append(activation())
     return nn.Sequential(*layers)
 
@@ -161,7 +194,7 @@ class SSegModel(nn.Module):
         self.mask_embedder = _mlp([config.hidden] * 4, nn.ReLU)
         # the paper's 2-layer projections, with GELU (unknown; a ReLU projection collapsed to a constant
         # embedding in the synthetic world, its dead units never recovering)
-        self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim])
+        self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim], norm=config.projection_norm)
         self.tokenizer = build_tokenizer(config.tokenizer) if clip is None else clip.tokenizer
         if config.text == "scratch":
             tok = self.tokenizer
@@ -188,11 +221,18 @@ class SSegModel(nn.Module):
         self.text_projection = _mlp([text_width, config.embed_dim, config.embed_dim])  # 2-layer MLP on [EOS]
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.temperature_init)))
 
-    def forward(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor], pooling: str = "mean_then_mlp"):
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        tokens: dict[str, torch.Tensor],
+        pooling: str = "mean_then_mlp",
+        weighting: str = "uniform",
+    ):
         """Training pass (one call, so DistributedDataParallel sees every parameter):
         mask logits, image embeddings, caption embeddings and the logit scale."""
         masks, features = self.forward_image(pixels)
-        return masks, self.image_embedding(features, pooling), self.encode_tokens(tokens), self.scale()
+        weights = mask_weights(masks, weighting)
+        return masks, self.image_embedding(features, pooling, weights), self.encode_tokens(tokens), self.scale()
 
     # --- image side -----------------------------------------------------------------------------
     def forward_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,18 +240,27 @@ class SSegModel(nn.Module):
         out = self.maskformer(pixel_values=pixels)
         queries = out.transformer_decoder_last_hidden_state
         pixel_embeddings = out.pixel_decoder_last_hidden_state
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embedder(queries), pixel_embeddings)
+        embeddings = self.mask_embedder(queries)
+        masks = torch.einsum("bqc,bchw->bqhw", embeddings, pixel_embeddings)
         if self.config.mask_features == "queries":
             return masks, queries
+        if self.config.mask_features == "embeddings":
+            return masks, embeddings
         weights = masks.sigmoid()
         pooled = torch.einsum("bqhw,bchw->bqc", weights, pixel_embeddings)
         return masks, pooled / weights.sum((2, 3))[..., None].clamp(min=1e-6)
 
-    def image_embedding(self, mask_features: torch.Tensor, pooling: str = "mean_then_mlp") -> torch.Tensor:
-        """One L2-normalised embedding per image from its ``(B, N, hidden)`` mask features."""
+    def image_embedding(
+        self, mask_features: torch.Tensor, pooling: str = "mean_then_mlp", weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One L2-normalised embedding per image from its ``(B, N, hidden)`` mask features, averaged
+        uniformly or with ``(B, N)`` weights that sum to one per image."""
+        if weights is None:
+            weights = mask_features.new_full(mask_features.shape[:2], 1 / mask_features.shape[1])
+        weights = weights.to(mask_features.dtype)[..., None]
         if pooling == "mean_then_mlp":
-            return F.normalize(self.image_projection(mask_features.mean(1)), dim=-1)
-        return F.normalize(self.image_projection(mask_features).mean(1), dim=-1)
+            return F.normalize(self.image_projection((weights * mask_features).sum(1)), dim=-1)
+        return F.normalize((weights * self.image_projection(mask_features)).sum(1), dim=-1)
 
     def mask_embeddings(self, mask_features: torch.Tensor) -> torch.Tensor:
         """Each mask feature in the joint space ``(B, N, D)``, L2-normalised (test time)."""

@@ -24,6 +24,9 @@ from ...errors import InputError
 from ...io import save_image
 from ...masks.kmeans import kmeans
 
+# the paper's pseudo-mask network (DINO ViT-S/8, Caron et al. 2021); any DINO/DINOv2/DINOv3 id works
+PAPER_DINO = "facebook/dino-vits8"
+
 
 @torch.no_grad()
 def cluster_maps(

@@ -27,10 +27,11 @@ import torch
 
 from ...errors import InputError
 from ...io import atomic_path
+from ...models.registry import default_model
 from .data import CaptionStream, collate, count_samples, open_source
 from .losses import contrastive_loss, mask_loss
-from .model import BACKBONE_PRESETS, ModelConfig, SSegModel
-from .pseudo import cached_masks, pseudo_masks
+from .model import BACKBONE_PRESETS, WEIGHTINGS, ModelConfig, SSegModel
+from .pseudo import PAPER_DINO, cached_masks, pseudo_masks
 
 METHOD = "sseg"
 STATE = "state"
@@ -61,6 +62,8 @@ class SSegTrainSettings:
     temperature_init: float = 0.07  # unknown: CLIP's init
     max_logit_scale: float = 100.0  # unknown: CLIP's clamp
     pooling: str = "mean_then_mlp"  # paper: mean of the mask embeddings, then the 2-layer MLP
+    projection_norm: str = "none"  # unknown: "batch" = BatchNorm in the image projection's hidden layer
+    mask_weighting: str = "uniform"  # unknown: "uniform" mean (the paper's words) or by soft mask "area"
     # pseudo-masks
     k: int = 8  # paper: K = 8
     dino_size: int = 448  # unknown: DINO input side (448 -> 56x56 tokens at patch 8)
@@ -128,6 +131,8 @@ class SSegTrainSettings:
             raise InputError(f"setting lr={self.lr!r} must be a positive number")
         if self.pooling not in POOLINGS:
             raise InputError(f"setting pooling={self.pooling!r} must be one of {', '.join(POOLINGS)}")
+        if self.mask_weighting not in WEIGHTINGS:
+            raise InputError(f"setting mask_weighting={self.mask_weighting!r} must be one of {', '.join(WEIGHTINGS)}")
         if self.precision not in PRECISIONS:
             raise InputError(f"setting precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if self.recipe not in RECIPES:
@@ -314,7 +319,7 @@ def train_sseg(
     data: str | Path,
     out: str | Path,
     settings: SSegTrainSettings,
-    dino: Any = "tiny-random",
+    dino: Any = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -341,6 +346,8 @@ def train_sseg(
     steps_per_epoch = max(1, samples // settings.batch_size)
     total_steps, factor = _schedule(settings, steps_per_epoch)
 
+    if dino is None:
+        dino = default_model("dino", PAPER_DINO)
     dino_name = dino if isinstance(dino, str) else getattr(dino, "name", type(dino).__name__)
     dino = None if settings.pseudo_cache else load_backbone("dino", dino, dev)
     clip = None
@@ -535,7 +542,7 @@ def _micro_step(net, model, pixels_u8, captions, keys, boxes, dino, settings, ma
     tokens = model.tokenize(captions or [""], dev)
     no_sync = net.no_sync if (world > 1 and not sync) else contextlib.nullcontext
     with no_sync(), autocast(dev, settings.precision):
-        masks, image, text, scale = net(pixels, tokens, settings.pooling)
+        masks, image, text, scale = net(pixels, tokens, settings.pooling, settings.mask_weighting)
         if not len(captions):
             image, text = image[:0], text[:0]
         l_mask = mask_loss(
