@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ...ops.labelprop import (
     InductiveConfig,
+    KNNIndexConfig,
     LabelPropagator,
     LPClassifier,
     LPConfig,
     LPResult,
     conjugate_gradient,
+    knn_recall,
     knn_search,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "GLCC",
     "GLCCConfig",
     "InductiveConfig",
+    "KNNIndexConfig",
     "LPClassifier",
     "LPConfig",
     "LPResult",
@@ -45,6 +48,7 @@ __all__ = [
     "RoundConfig",
     "conjugate_gradient",
     "glcc_config",
+    "knn_recall",
     "knn_search",
     "probe_lr",
 ]
