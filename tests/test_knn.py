@@ -71,6 +71,14 @@ def _check_contract(sims: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> N
     torch.testing.assert_close(sims, (x[:, None, :] * x[idx]).sum(-1), atol=1e-5, rtol=0)
 
 
+def test_auto_exact_is_the_torch_search(data, monkeypatch):
+    x, _, _ = data
+    monkeypatch.setattr(labelprop, "_faiss", lambda: pytest.fail("auto must not use faiss for the exact search"))
+    s_auto, i_auto = knn_search(x, x, K, exclude_self=True)
+    s_torch, i_torch = knn_search(x, x, K, exclude_self=True, backend="torch")
+    assert torch.equal(i_auto, i_torch) and torch.equal(s_auto, s_torch)
+
+
 def test_faiss_exact_equals_brute_force(data):
     pytest.importorskip("faiss")
     x, ref_s, ref_i = data
