@@ -8,7 +8,8 @@ Two classifiers bootstrap each other:
   gradient (§1.5 ii), extended to unseen masks by a k̄-nearest-neighbour read-out (§1.5 iii).
 
 :class:`GLCC` chains them (§1.5 iv) and sums the two at prediction time (§1.5 v). Everything runs
-in torch on the device of the embeddings; faiss is used for the kNN search when it is importable.
+in torch on the device of the embeddings; the kNN search is exact (torch, or faiss when asked) unless
+LPConfig.knn_index picks an approximate one (ops/labelprop.py).
 Clean-room implementation from docs/methods.md (TUSS has no licence).
 """
 
