@@ -25,6 +25,7 @@ from the LP on the exact graph.
     python bench/knn.py                                  # 100k and 1M, sample 2000, LP at 20k
     python bench/knn.py --sizes 100000 --sample 0 --lp-size 100000   # everything whole at 100k
     python bench/knn.py --sizes 20000 --sample 500 --lp-size 5000    # a quick look
+    python bench/knn.py --sizes 100000 --sample 1000 --repeats 1 --subspace 32   # lower intrinsic dimension
 """
 
 from __future__ import annotations
@@ -56,17 +57,29 @@ def _reset_peak() -> None:
     reset()
 
 
-def make_bank(n: int, d: int, clusters: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` unit vectors around ``clusters`` centres, written in chunks (1M x 512 needs no 2x copy)."""
+def make_bank(
+    n: int, d: int, clusters: int, noise: float, seed: int, subspace: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` unit vectors around ``clusters`` centres, written in chunks (1M x 512 needs no 2x copy).
+
+    ``subspace`` R > 0: each cluster's noise lies in its own random R-dimensional subspace (same
+    norm), plus a tenth of it isotropic: a bank of lower intrinsic dimension than isotropic noise."""
     gen = torch.Generator().manual_seed(seed)
     centres = F.normalize(torch.randn(clusters, d, generator=gen), dim=1)
     labels = torch.randint(0, clusters, (n,), generator=gen)
+    bases = torch.linalg.qr(torch.randn(clusters, d, subspace, generator=gen)).Q if subspace else None
     x = torch.empty(n, d)
-    step = 65_536
+    step = 8192
     for start in range(0, n, step):
         stop = min(start + step, n)
-        noise_block = torch.randn(stop - start, d, generator=gen) * (noise / math.sqrt(d))
-        x[start:stop] = F.normalize(centres[labels[start:stop]] + noise_block, dim=1)
+        lab = labels[start:stop]
+        if bases is None:
+            noise_block = torch.randn(stop - start, d, generator=gen) * (noise / math.sqrt(d))
+        else:
+            z = torch.randn(stop - start, subspace, generator=gen) * (noise / math.sqrt(subspace))
+            iso = torch.randn(stop - start, d, generator=gen) * (0.1 * noise / math.sqrt(d))
+            noise_block = torch.einsum("ndr,nr->nd", bases[lab], z) + iso
+        x[start:stop] = F.normalize(centres[lab] + noise_block, dim=1)
     return x, labels
 
 
@@ -109,7 +122,7 @@ def one_size(n: int, args) -> dict:
     from ovss.ops.labelprop import build_knn_index
 
     gc.collect()
-    x, labels = make_bank(n, args.dim, args.clusters, args.noise, args.seed)
+    x, labels = make_bank(n, args.dim, args.clusters, args.noise, args.seed, args.subspace)
     bank_rss = _rss("VmRSS")
     k = args.k
     sample = n if args.sample <= 0 or args.sample >= n else args.sample
@@ -198,7 +211,7 @@ def lp_part(args) -> dict:
     from ovss.ops.labelprop import LabelPropagator, LPConfig, knn_search
 
     n, k = args.lp_size, args.k
-    x, clusters = make_bank(n, args.dim, args.clusters, args.noise, args.seed + 7)
+    x, clusters = make_bank(n, args.dim, args.clusters, args.noise, args.seed + 7, args.subspace)
     labels = clusters % 21
     gen = torch.Generator().manual_seed(args.seed + 8)
     labelled = torch.randperm(n, generator=gen)[: n // 10]
@@ -240,6 +253,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--clusters", type=int, default=150)
     parser.add_argument("--noise", type=float, default=3.0)
+    parser.add_argument("--subspace", type=int, default=0, help="per-cluster noise subspace dimension (0 = isotropic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--hnsw-m", type=int, default=32)
