@@ -75,7 +75,7 @@ class LPConfig:
     """Relative residual tolerance of conjugate gradient (§1.5 ii)."""
     cg_max_iter: int = 200
     knn_backend: Literal["auto", "faiss", "torch"] = "auto"
-    """Exact search: "auto" = "torch" (chunked top-k; 2.5-4x faster than faiss-cpu's IndexFlatIP on the
+    """Exact search: "auto" = "torch" (chunked top-k; 1.5-3x faster than faiss-cpu's IndexFlatIP on the
     CPU of docs/tuss.md, and on the GPU when the embeddings are), "faiss" = IndexFlatIP (same neighbours
     up to ties). The faiss indexes ("ivf", "hnsw") need "auto" or "faiss"."""
     knn_chunk_elements: int = 1 << 25
