@@ -28,7 +28,8 @@ DBA-CLIP bias, pooling) are therefore also timed on ``--synthetic-masks`` compac
 
 Part 2, GLCC on a synthetic 100k-mask bank (unit embeddings, D=512, drawn around 21 random class
 centres; SSS seeds: one-hot labels on 10% of the masks; random areas): (i) the k=50 kNN graph (exact
-chunked torch top-k; faiss if importable) against the same chunked similarity matmul alone,
+chunked torch top-k; bench/knn.py times faiss and the approximate indexes) against the same
+chunked similarity matmul alone,
 (ii) the LP conjugate-gradient solve for 21 classes, (iii) the linear probe (batch 512), measured
 over ``--probe-iters`` iterations and EXTRAPOLATED to the VOC lengths, (iv) the inductive
 LPClassifier on 10k query masks, (v) ``GLCC(glcc_config("sss"))`` end to end with a probe of
@@ -491,7 +492,7 @@ def glcc_part(args) -> dict:
         "labelled": len(labelled),
         "k": lp_cfg.k,
         "alpha": lp_cfg.alpha,
-        "knn_backend": "faiss" if _has_faiss() else "torch (exact, chunked)",
+        "knn_backend": f"{lp_cfg.knn_backend}: torch (exact, chunked); faiss and approximate indexes: bench/knn.py",
     }
     print(f"GLCC on {n} synthetic masks, D={d}, C={c}, {len(labelled)} labelled; kNN {out['knn_backend']}", flush=True)
 
@@ -649,12 +650,6 @@ def glcc_part(args) -> dict:
     )
     out["peak_rss_mb"] = peak_rss_mb()
     return out
-
-
-def _has_faiss() -> bool:
-    from ovss.methods.tuss.glcc import _faiss
-
-    return _faiss() is not None
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Label propagation over a kNN graph, and its inductive read-out for new points.
 
-A cosine kNN graph (faiss when importable, else an exact chunked torch top-k), the transductive
+A cosine kNN graph (exact by default: a chunked torch top-k, or faiss's IndexFlatIP; optionally
+an approximate faiss IVF or HNSW index, or a bf16/fp16 search re-ranked in fp32), the transductive
 propagation (I - alpha W) F = Y solved by conjugate gradient (Zhou et al., "Learning with Local and
 Global Consistency", NIPS 2003), and a k-nearest-neighbour read-out that extends the propagated
 scores to points outside the graph. TUSS's GLCC (``ovss.methods.tuss.glcc``) chains them with a
@@ -10,13 +11,54 @@ linear probe; any method with mask or patch embeddings and a few seeds can use t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+
+KNNIndexKind = Literal["exact", "ivf", "hnsw", "bf16", "fp16"]
+KNN_INDEX_KINDS: tuple[str, ...] = ("exact", "ivf", "hnsw", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class KNNIndexConfig:
+    """How the kNN graph is searched: exactly (the default) or approximately (docs/tuss.md, "kNN graphs at scale").
+
+    "exact": every key is scored (faiss ``IndexFlatIP`` or the chunked torch top-k, see ``knn_backend``).
+    "ivf": faiss ``IndexIVFFlat`` (inner product); keys fall into ``nlist`` k-means lists and a query
+    scans the ``nprobe`` nearest lists (Jégou et al., "Product quantization for nearest neighbor search",
+    TPAMI 2011). "hnsw": faiss ``IndexHNSWFlat`` (Malkov & Yashunin, TPAMI 2018).
+    "bf16" / "fp16": pure torch (CUDA too): similarities in that precision, the ``rerank`` · k best
+    candidates re-scored exactly in float32. The approximate kinds' recall is measured by :func:`knn_recall`.
+    """
+
+    kind: KNNIndexKind = "exact"
+    nlist: int = 0
+    """IVF lists; 0 = √N (rounded, at most N/39 so that k-means has faiss's 39 points per list)."""
+    nprobe: int = 16
+    """IVF lists scanned per query."""
+    hnsw_m: int = 32
+    """HNSW links per node."""
+    ef_construction: int = 64
+    """HNSW candidate list while building."""
+    ef_search: int = 128
+    """HNSW candidate list while searching (at least k + 1 is used)."""
+    rerank: int = 4
+    """bf16/fp16: k' = rerank · k candidates are re-ranked in float32."""
+    seed: int = 1234
+    """Seed of IVF's k-means (faiss's default)."""
+
+    def validate(self) -> None:
+        if self.kind not in KNN_INDEX_KINDS:
+            raise InputError(f"unknown kNN index {self.kind!r}; use one of {', '.join(KNN_INDEX_KINDS)}")
+        for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search", "rerank"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InputError(f"kNN index setting {name}={getattr(self, name)!r} must be a positive integer")
+        if not isinstance(self.nlist, int) or self.nlist < 0:
+            raise InputError(f"kNN index setting nlist={self.nlist!r} must be 0 (automatic) or a positive integer")
 
 
 @dataclass(frozen=True)
@@ -33,9 +75,13 @@ class LPConfig:
     """Relative residual tolerance of conjugate gradient (§1.5 ii)."""
     cg_max_iter: int = 200
     knn_backend: Literal["auto", "faiss", "torch"] = "auto"
-    """"auto" = faiss when importable, else an exact chunked torch top-k (same neighbours up to ties)."""
+    """Exact search: "auto" = "torch" (chunked top-k; 1.5-3x faster than faiss-cpu's IndexFlatIP on the
+    CPU of docs/tuss.md, and on the GPU when the embeddings are), "faiss" = IndexFlatIP (same neighbours
+    up to ties). The faiss indexes ("ivf", "hnsw") need "auto" or "faiss"."""
     knn_chunk_elements: int = 1 << 25
     """Bound on the query × key similarity block of the torch search (128 MB in float32)."""
+    knn_index: KNNIndexConfig = field(default_factory=KNNIndexConfig)
+    """Exact search by default; an approximate index for banks of millions of masks (see KNNIndexConfig)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +102,19 @@ def _faiss():
     return faiss
 
 
+class KNNIndex(Protocol):
+    """Keys indexed once, searched by any number of query batches (:func:`build_knn_index`)."""
+
+    n_keys: int
+
+    def search(
+        self, queries: torch.Tensor, k: int, self_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(similarities, indices), each (Q, k), sorted by decreasing similarity. ``self_ids`` (Q,):
+        the key index each query is, left out of its own row. Needs k < n_keys (k ≤ n_keys without)."""
+        ...
+
+
 def knn_search(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -64,8 +123,9 @@ def knn_search(
     exclude_self: bool = False,
     backend: Literal["auto", "faiss", "torch"] = "auto",
     chunk_elements: int = 1 << 25,
+    index: KNNIndexConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-``k`` inner-product neighbours of each query among ``keys``.
+    """Top-``k`` inner-product neighbours of each query among ``keys`` (exact unless ``index`` says otherwise).
 
     Returns (similarities, indices), each (Q, k), sorted by decreasing similarity, on the queries'
     device. ``exclude_self`` (queries are the keys) drops each row's own index. The torch backend
@@ -77,47 +137,209 @@ def knn_search(
         raise InputError(f"kNN needs at least {2 if exclude_self else 1} keys, got {n_keys}")
     if exclude_self and queries.shape[0] != n_keys:
         raise InputError("exclude_self needs the queries to be the keys")
-    faiss = _faiss() if backend in ("auto", "faiss") else None
+    built = build_knn_index(keys, backend=backend, chunk_elements=chunk_elements, index=index)
+    self_ids = torch.arange(n_keys, device=queries.device) if exclude_self else None
+    return built.search(queries, k_eff, self_ids)
+
+
+def build_knn_index(
+    keys: torch.Tensor,
+    *,
+    backend: Literal["auto", "faiss", "torch"] = "auto",
+    chunk_elements: int = 1 << 25,
+    index: KNNIndexConfig | None = None,
+) -> KNNIndex:
+    """Index ``keys`` (N, D) for inner-product search as ``index`` says (default: exact).
+
+    ``backend`` chooses the exact search ("auto" = torch, see ``LPConfig.knn_backend``); "ivf"/"hnsw"
+    need faiss, "bf16"/"fp16" are torch (on the keys' device).
+    """
+    cfg = index or KNNIndexConfig()
+    cfg.validate()
+    if keys.ndim != 2 or keys.shape[0] == 0:
+        raise InputError(f"kNN keys must be a non-empty (N, D) matrix, got shape {tuple(keys.shape)}")
+    if cfg.kind in ("bf16", "fp16"):
+        if backend == "faiss":
+            raise InputError(f"the {cfg.kind} kNN index is torch only; use knn_backend 'auto' or 'torch'")
+        return _LowPrecisionIndex(keys, cfg, chunk_elements)
+    # exact + "auto" is torch: faster than faiss-cpu's IndexFlatIP (bench/knn.py), and it stays on the GPU
+    faiss = _faiss() if backend == "faiss" or cfg.kind != "exact" else None
+    if cfg.kind != "exact":
+        if backend == "torch":
+            raise InputError(f"the {cfg.kind} kNN index needs faiss; use knn_backend 'auto' or 'faiss'")
+        if faiss is None:
+            raise InputError(f"the {cfg.kind} kNN index needs faiss: pip install faiss-cpu (or use knn index 'exact')")
     if backend == "faiss" and faiss is None:
         raise InputError("knn backend 'faiss' asked for, but faiss is not installed")
     if faiss is not None:
-        return _knn_faiss(faiss, queries, keys, k_eff, exclude_self)
-    return _knn_torch(queries, keys, k_eff, exclude_self, chunk_elements)
+        return _FaissIndex(faiss, keys, cfg, chunk_elements)
+    return _TorchExactIndex(keys, chunk_elements)
 
 
-def _knn_faiss(faiss, queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool):
-    import numpy as np
-
-    x = np.ascontiguousarray(keys.detach().float().cpu().numpy())
-    q = np.ascontiguousarray(queries.detach().float().cpu().numpy())
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    sims, idx = index.search(q, k + int(exclude_self))
-    if exclude_self:  # drop the row's own index; if a duplicate pushed it out, drop the last hit
-        own = idx == np.arange(q.shape[0])[:, None]
-        drop = np.where(own.any(1), own.argmax(1), k)
-        keep = np.ones_like(own)
-        keep[np.arange(q.shape[0]), drop] = False
-        sims, idx = sims[keep].reshape(-1, k), idx[keep].reshape(-1, k)
-    device = queries.device
-    return torch.from_numpy(sims).to(device), torch.from_numpy(idx.astype(np.int64)).to(device)
+def _drop_self(
+    sims: torch.Tensor, idx: torch.Tensor, self_ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From k + 1 hits per row, drop the row's own index; if a duplicate pushed it out, drop the last hit."""
+    own = idx == self_ids[:, None]
+    drop = torch.where(own.any(1), own.int().argmax(1), torch.full_like(self_ids, k))
+    keep = torch.ones_like(own)
+    keep[torch.arange(idx.shape[0], device=idx.device), drop] = False
+    return sims[keep].reshape(-1, k), idx[keep].reshape(-1, k)
 
 
-def _knn_torch(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool, chunk_elements: int):
-    n_q, n_keys = queries.shape[0], keys.shape[0]
-    rows = max(1, chunk_elements // max(n_keys, 1))
-    sims_out = torch.empty(n_q, k, dtype=queries.dtype, device=queries.device)
-    idx_out = torch.empty(n_q, k, dtype=torch.long, device=queries.device)
-    keys_t = keys.to(queries.dtype).T
-    for start in range(0, n_q, rows):
-        stop = min(start + rows, n_q)
-        block = queries[start:stop] @ keys_t
-        if exclude_self:
-            r = torch.arange(stop - start, device=block.device)
-            block[r, r + start] = -math.inf
-        s, i = block.topk(k, dim=1)
-        sims_out[start:stop], idx_out[start:stop] = s, i
-    return sims_out, idx_out
+class _TorchExactIndex:
+    """Exact chunked top-k in torch: today's search, and the ground truth of :func:`knn_recall`."""
+
+    def __init__(self, keys: torch.Tensor, chunk_elements: int) -> None:
+        self.keys, self.n_keys, self.chunk_elements = keys, keys.shape[0], chunk_elements
+
+    def search(self, queries: torch.Tensor, k: int, self_ids: torch.Tensor | None = None):
+        n_q, n_keys = queries.shape[0], self.n_keys
+        rows = max(1, self.chunk_elements // max(n_keys, 1))
+        sims_out = torch.empty(n_q, k, dtype=queries.dtype, device=queries.device)
+        idx_out = torch.empty(n_q, k, dtype=torch.long, device=queries.device)
+        keys_t = self.keys.to(queries.device, queries.dtype).T
+        for start in range(0, n_q, rows):
+            stop = min(start + rows, n_q)
+            block = queries[start:stop] @ keys_t
+            if self_ids is not None:
+                r = torch.arange(stop - start, device=block.device)
+                block[r, self_ids[start:stop].to(block.device)] = -math.inf
+            s, i = block.topk(k, dim=1)
+            sims_out[start:stop], idx_out[start:stop] = s, i
+        return sims_out, idx_out
+
+
+class _FaissIndex:
+    """faiss on the CPU: IndexFlatIP (exact), IndexIVFFlat or IndexHNSWFlat, all inner product."""
+
+    def __init__(self, faiss: Any, keys: torch.Tensor, cfg: KNNIndexConfig, chunk_elements: int) -> None:
+        import numpy as np
+
+        self.keys, self.n_keys, self.cfg, self.chunk_elements = keys, keys.shape[0], cfg, chunk_elements
+        x = np.ascontiguousarray(keys.detach().float().cpu().numpy())
+        d = x.shape[1]
+        if cfg.kind == "ivf":
+            nlist = cfg.nlist or ivf_auto_nlist(x.shape[0])
+            if nlist > x.shape[0]:
+                raise InputError(f"IVF nlist {nlist} exceeds the {x.shape[0]} keys; lower nlist (0 = automatic)")
+            self.quantizer = faiss.IndexFlatIP(d)  # kept alive: the IVF index holds only a pointer to it
+            index = faiss.IndexIVFFlat(self.quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = cfg.seed
+            index.verbose = False
+            index.train(x)
+            index.nprobe = min(cfg.nprobe, nlist)
+        elif cfg.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = cfg.ef_construction
+        else:
+            index = faiss.IndexFlatIP(d)
+        index.add(x)
+        self.index = index
+
+    def search(self, queries: torch.Tensor, k: int, self_ids: torch.Tensor | None = None):
+        import numpy as np
+
+        q = np.ascontiguousarray(queries.detach().float().cpu().numpy())
+        want = k + int(self_ids is not None)
+        if self.cfg.kind == "hnsw":
+            self.index.hnsw.efSearch = max(self.cfg.ef_search, want)
+        sims_np, idx_np = self.index.search(q, want)
+        sims, idx = torch.from_numpy(sims_np), torch.from_numpy(idx_np.astype(np.int64))
+        short = (idx < 0).any(1)  # IVF: the probed lists held fewer than k keys
+        if bool(short.any()):  # search those rows exactly, so every row has k real neighbours
+            rows = short.nonzero().squeeze(1)
+            exact = _TorchExactIndex(self.keys.detach().float().cpu(), self.chunk_elements)
+            sub_ids = None if self_ids is None else self_ids.cpu()[rows]
+            ex_s, ex_i = exact.search(queries.detach().float().cpu()[rows], want - int(self_ids is not None), sub_ids)
+            if self_ids is not None:  # pad the row to k + 1 with its own index, dropped below
+                ex_s = torch.cat([torch.full_like(ex_s[:, :1], math.inf), ex_s], 1)
+                ex_i = torch.cat([sub_ids[:, None], ex_i], 1)  # type: ignore[index]
+            sims[rows], idx[rows] = ex_s, ex_i
+        if self_ids is not None:
+            sims, idx = _drop_self(sims, idx, self_ids.cpu(), k)
+        device = queries.device
+        return sims.to(device), idx.to(device)
+
+
+class _LowPrecisionIndex:
+    """Similarities in bf16/fp16, then the rerank · k best candidates re-scored exactly (pure torch)."""
+
+    def __init__(self, keys: torch.Tensor, cfg: KNNIndexConfig, chunk_elements: int) -> None:
+        self.keys, self.n_keys, self.cfg, self.chunk_elements = keys, keys.shape[0], cfg, chunk_elements
+        dtype = torch.bfloat16 if cfg.kind == "bf16" else torch.float16
+        self.keys_low_t = keys.to(dtype).T.contiguous()
+
+    def search(self, queries: torch.Tensor, k: int, self_ids: torch.Tensor | None = None):
+        n_q, n_keys = queries.shape[0], self.n_keys
+        k_cand = min(max(self.cfg.rerank * k, k), n_keys)
+        dim = self.keys.shape[1]
+        rows = max(1, self.chunk_elements // max(n_keys, k_cand * dim))  # the block and the gathered candidates
+        exact_dtype = queries.dtype if queries.dtype == torch.float64 else torch.float32
+        keys = self.keys.to(queries.device, exact_dtype)
+        keys_low_t = self.keys_low_t.to(queries.device)
+        sims_out = torch.empty(n_q, k, dtype=exact_dtype, device=queries.device)
+        idx_out = torch.empty(n_q, k, dtype=torch.long, device=queries.device)
+        for start in range(0, n_q, rows):
+            stop = min(start + rows, n_q)
+            q = queries[start:stop]
+            block = q.to(keys_low_t.dtype) @ keys_low_t
+            if self_ids is not None:
+                r = torch.arange(stop - start, device=block.device)
+                block[r, self_ids[start:stop].to(block.device)] = -math.inf
+            cand = block.topk(k_cand, dim=1).indices
+            del block
+            exact = torch.einsum("qd,qcd->qc", q.to(exact_dtype), keys[cand])
+            if self_ids is not None and k_cand == n_keys:  # every key is a candidate, the row's own included
+                exact = exact.masked_fill(cand == self_ids[start:stop, None].to(cand.device), -math.inf)
+            s, j = exact.topk(k, dim=1)
+            sims_out[start:stop], idx_out[start:stop] = s, cand.gather(1, j)
+        return sims_out, idx_out
+
+
+def ivf_auto_nlist(n_keys: int) -> int:
+    """IVF lists when ``nlist`` is 0: √N, and at most N/39 (faiss warns below 39 training points per list)."""
+    return max(1, min(round(math.sqrt(n_keys)), n_keys // 39))
+
+
+def recall_at_k(found: torch.Tensor, truth: torch.Tensor) -> float:
+    """Share of the true neighbours (Q, k) that ``found`` (Q, k' ≥ 1) also lists, over all rows."""
+    if found.shape[0] != truth.shape[0]:
+        raise InputError(f"recall needs the same queries: {found.shape[0]} rows against {truth.shape[0]}")
+    hits = (found[:, :, None] == truth[:, None, :]).any(1)
+    return float(hits.float().mean())
+
+
+def knn_recall(
+    keys: torch.Tensor,
+    k: int,
+    index: KNNIndexConfig | KNNIndex,
+    *,
+    queries: int = 1000,
+    seed: int = 0,
+    backend: Literal["auto", "faiss", "torch"] = "auto",
+    chunk_elements: int = 1 << 25,
+) -> float:
+    """recall@k of ``index`` on the self-search of ``keys`` (the graph's case), on ``queries`` random keys.
+
+    The truth is the exact chunked torch search for the same keys (own index excluded). ``index``: a
+    configuration (built here over ``keys``) or an index already built over them.
+    """
+    n = keys.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        raise InputError(f"recall@k needs at least 2 keys, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randperm(n, generator=gen)[: min(queries, n)].to(keys.device)
+    q = keys[ids]
+    _, truth = _TorchExactIndex(keys, chunk_elements).search(q, k, ids)
+    built = (
+        build_knn_index(keys, backend=backend, chunk_elements=chunk_elements, index=index)
+        if isinstance(index, KNNIndexConfig)
+        else index
+    )
+    _, found = built.search(q, k, ids)
+    return recall_at_k(found, truth)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +402,13 @@ class LabelPropagator:
         cfg = self.config
         x = F.normalize(_real(embeddings), dim=1)
         return knn_search(
-            x, x, k or cfg.k, exclude_self=True, backend=cfg.knn_backend, chunk_elements=cfg.knn_chunk_elements
+            x,
+            x,
+            k or cfg.k,
+            exclude_self=True,
+            backend=cfg.knn_backend,
+            chunk_elements=cfg.knn_chunk_elements,
+            index=cfg.knn_index,
         )
 
     def graph(

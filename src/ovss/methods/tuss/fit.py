@@ -44,7 +44,7 @@ from ...result import label_image
 from ...typecheck import check_settings
 from ...vocab import Vocabulary
 from .classifier import SETTINGS, TUSSClassifier
-from .glcc import GLCC, LPConfig, ProbeConfig, RoundConfig, glcc_config
+from .glcc import GLCC, KNNIndexConfig, LPConfig, ProbeConfig, RoundConfig, glcc_config
 from .ov import IGNORE, TUSSMethod
 
 BANK = "bank"
@@ -66,6 +66,8 @@ class FitSettings:
     lp_k: int | None = None  # graph neighbours of the (first) LP
     lp_alpha: float | None = None  # diffusion strength of the LP (0.9; SSS 0.8)
     weighting: str | None = None  # inductive LP weighting: rigorous | l1
+    knn_index: str = "exact"  # the graph's kNN search: exact | ivf | hnsw | bf16 | fp16 (docs/tuss.md)
+    knn_settings: dict[str, Any] | None = None  # KNNIndexConfig fields, e.g. {"nprobe": 32}
     seed: int = 0
 
     def validate(self) -> None:
@@ -75,6 +77,18 @@ class FitSettings:
             raise InputError(f"probe_schedule {self.probe_schedule!r} must be epochs or fixed", option="probe_schedule")
         if self.weighting not in (None, "rigorous", "l1"):
             raise InputError(f"weighting {self.weighting!r} must be rigorous or l1")
+        self.knn_index_config()  # unknown kinds, fields and bad values fail here
+
+    def knn_index_config(self) -> KNNIndexConfig:
+        fields = {f.name for f in dataclasses.fields(KNNIndexConfig)} - {"kind"}
+        unknown = sorted(set(self.knn_settings or {}) - fields)
+        if unknown:
+            raise InputError(
+                f"knn_settings has no field {unknown[0]!r}; fields: {', '.join(sorted(fields))}", option="knn_settings"
+            )
+        cfg = KNNIndexConfig(kind=self.knn_index, **(self.knn_settings or {}))  # type: ignore[arg-type]
+        cfg.validate()
+        return cfg
 
 
 def fit_settings(overrides: dict[str, Any]) -> FitSettings:
@@ -105,7 +119,7 @@ def glcc_for(setting: str, fs: FitSettings, progress: bool = False) -> GLCC:
         return dataclasses.replace(p, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
     def lp(c: LPConfig, first: bool) -> LPConfig:
-        changes = {"k": fs.lp_k if first else None, "alpha": fs.lp_alpha}
+        changes = {"k": fs.lp_k if first else None, "alpha": fs.lp_alpha, "knn_index": fs.knn_index_config()}
         return dataclasses.replace(c, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
     rounds = tuple(RoundConfig(lp(r.lp, i == 0), probe(r.probe)) for i, r in enumerate(cfg.rounds))

@@ -8,7 +8,8 @@ Two classifiers bootstrap each other:
   gradient (§1.5 ii), extended to unseen masks by a k̄-nearest-neighbour read-out (§1.5 iii).
 
 :class:`GLCC` chains them (§1.5 iv) and sums the two at prediction time (§1.5 v). Everything runs
-in torch on the device of the embeddings; faiss is used for the kNN search when it is importable.
+in torch on the device of the embeddings; the kNN search is exact (torch, or faiss when asked) unless
+LPConfig.knn_index picks an approximate one (ops/labelprop.py).
 Clean-room implementation from docs/methods.md (TUSS has no licence).
 """
 
@@ -24,11 +25,13 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ...ops.labelprop import (
     InductiveConfig,
+    KNNIndexConfig,
     LabelPropagator,
     LPClassifier,
     LPConfig,
     LPResult,
     conjugate_gradient,
+    knn_recall,
     knn_search,
 )
 
@@ -36,6 +39,7 @@ __all__ = [
     "GLCC",
     "GLCCConfig",
     "InductiveConfig",
+    "KNNIndexConfig",
     "LPClassifier",
     "LPConfig",
     "LPResult",
@@ -45,6 +49,7 @@ __all__ = [
     "RoundConfig",
     "conjugate_gradient",
     "glcc_config",
+    "knn_recall",
     "knn_search",
     "probe_lr",
 ]
