@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -41,7 +42,23 @@ def sync(device: torch.device) -> None:
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB -> GiB)
+    try:  # this process's own peak RSS (ru_maxrss would carry a parent's peak into a child)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def isolated_train_rate(batch: int, size: int, steps: int, precision: str, threads: int) -> dict:
+    """One configuration in a fresh process, so that its peak RSS is its own (CPU peaks never go down)."""
+    from ovss.methods.sseg.model import ModelConfig, SSegModel
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return train_rate(SSegModel(ModelConfig()), batch, size, steps, precision, torch.device("cpu"))
 
 
 def batch_inputs(model, batch: int, size: int, device: torch.device):
@@ -183,10 +200,29 @@ def main() -> None:
                         torch.cuda.empty_cache()
                         break
                     batch *= 2
-            else:
+            else:  # each batch in its own process: a peak RSS per configuration
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
                 for batch in batches:
-                    report["train"].append(train_rate(model, batch, args.size, args.steps, precision, device))
+                    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                        job = pool.submit(
+                            isolated_train_rate, batch, args.size, args.steps, precision, torch.get_num_threads()
+                        )
+                        report["train"].append(job.result())
             print(json.dumps(report["train"][-1]), file=sys.stderr)
+    fp32 = [r for r in report["train"] if r["precision"] == "fp32"]
+    if device.type == "cpu" and len(fp32) >= 2:
+        # peak RSS grows linearly in the batch: the largest that fits this machine's memory, by extrapolation
+        (b0, m0), (b1, m1) = [(r["batch"], r["peak_memory_gb"]) for r in (fp32[0], fp32[-1])]
+        per_image = (m1 - m0) / (b1 - b0)
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        report["largest_cpu_batch_extrapolated"] = {
+            "note": "EXTRAPOLATION from the measured fp32 peaks, linear in the batch, 90% of physical memory",
+            "gb_per_image": round(per_image, 2),
+            "memory_gb": round(total, 1),
+            "batch": int((0.9 * total - (m0 - per_image * b0)) // per_image) if per_image > 0 else None,
+        }
     report["kmeans_pseudo_masks"] = kmeans_cost(device)
     report["inference"] = inference_cost(model, device)
     if report["train"]:

@@ -131,8 +131,12 @@ VARIANTS = {
 }
 
 
+STEPS: int | None = None  # --steps: overrides the optimisation steps of both sizes
+
+
 def sizes(quick: bool) -> tuple[int, int, int]:
-    return (256, 250, 16) if quick else (384, 250, 32)  # training scenes, steps, test scenes
+    n_train, steps, n_test = (256, 250, 16) if quick else (384, 250, 32)  # training scenes, steps, test scenes
+    return n_train, STEPS or steps, n_test
 
 
 def train_variant(name: str, quick: bool, out: Path) -> dict[str, float]:
@@ -209,7 +213,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--plus-of", default="sseg", help="the variant S-Seg+ trains on ('' = none)")
+    parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default 250)")
     args = parser.parse_args()
+    global STEPS
+    STEPS = args.steps
     variants = [v for v in args.variants.split(",") if v]
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args.quick, Path(args.out or tmp), variants, args.plus_of or None)
