@@ -182,6 +182,12 @@ def test_default_models_are_real_ids_and_offline_errors_name_them(monkeypatch):
     from ovss.models.registry import DEFAULT_CACHE, default_model
 
     assert default_model("clip") == "openai/clip-vit-base-patch16" and default_model("sam") == "facebook/sam-vit-base"
+    from ovss.methods.sseg.pseudo import PAPER_DINO
+
+    assert default_model("dino", PAPER_DINO) == "facebook/dino-vits8"  # S-Seg's paper network, not ProxyCLIP's
+    monkeypatch.setenv("OVSS_DEFAULT_MODEL", "tiny-random")
+    assert default_model("dino", PAPER_DINO) == "tiny-random"
+    monkeypatch.delenv("OVSS_DEFAULT_MODEL")
     DEFAULT_CACHE.release()
     with pytest.raises(ModelLoadError) as e:
         Segmenter("sclip", device="cpu")

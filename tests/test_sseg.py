@@ -751,7 +751,8 @@ def test_synthetic_world_sseg_names_regions_and_controls_cannot(tmp_path):
     results = bench.run(True, tmp_path, ["sseg", "no_contrastive"], "sseg")
     chance = 1 / len(bench.COLOURS)
     sseg, control, plus = results["sseg"], results["no_contrastive"], results["sseg_plus"]
-    # measured at 250 steps (bench/sseg_synthetic.py): S-Seg 0.21 pixel accuracy, no contrastive loss 0.15
-    assert sseg["pixel_acc"] > chance + 0.02, results
-    assert sseg["pixel_acc"] > control["pixel_acc"] + 0.03, results
+    # measured at 250 steps, 384 scenes (bench/sseg_synthetic.py): S-Seg 0.32 pixel accuracy, no contrastive
+    # loss 0.19, S-Seg+ 0.42; all three give every region of a scene one name (distinct 1/3), see docs/sseg.md
+    assert sseg["pixel_acc"] > chance + 0.05, results
+    assert sseg["pixel_acc"] > control["pixel_acc"] + 0.05, results
     assert plus["pixel_acc"] >= sseg["pixel_acc"] - 0.05, results

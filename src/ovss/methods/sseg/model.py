@@ -147,7 +147,7 @@ def mask_weights(masks: torch.Tensor, weighting: str) -> torch.Tensor | None:
 class FeatureBatchNorm(nn.BatchNorm1d):
     """BatchNorm over the last dimension of ``(..., C)`` inputs (every mask of the batch is a sample)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
