@@ -7,12 +7,12 @@ VOC samples and their labels, resized alike) and (c) the TUSS mask bank (SAM + D
 streamed to disk shards). The figure is the growth: RSS at image 200 minus RSS at image 10.
 
 ``large``: peak RSS of one ``Segmenter('sclip').segment`` on a 2048x1536 photo with ADE20K's 150
-classes, without and with PAMR and ``return_probs``, for the banded path and the old
-full-resolution PAMR path (``banded=False``, the baseline), each in its own child process; labels
-of the two paths are compared in the same run.
+classes, without and with PAMR and ``return_probs``; and the banded PAMR against the old
+whole-image PAMR (``PAMR_BAND_FLOATS`` unbounded: one band, the baseline) at ``--old-size``, each
+in its own child process, with their labels compared.
 
     PYTHONPATH=src:bench python bench/memory.py growth [--images 200] [--clip tiny|full]
-    PYTHONPATH=src:bench python bench/memory.py large [--size 2048x1536] [--pamr 10]
+    PYTHONPATH=src:bench python bench/memory.py large [--size 2048x1536] [--pamr 10] [--old-size 1280x960]
 
 ``--clip full`` saves a full-size CLIP ViT-B/16 with random weights (bench/dense_clip.py) and
 passes its folder as ``--clip``; ``tiny`` uses ``tiny-random``. The mask bank always uses the tiny
@@ -171,12 +171,12 @@ def child_large(size: tuple[int, int], pamr: int, probs: bool, banded: bool, lab
 
     import ovss.methods.dense as dense
     from ovss import Segmenter
-    from ovss.data.names import names_for
+    from ovss.data.protocol_names import protocol_vocabulary
     from shared_paths import ADE_IMAGES
 
     with Image.open(ADE_IMAGES / "ADE_val_00000001.jpg") as im:
         photo = np.asarray(im.convert("RGB").resize(size, Image.BILINEAR))
-    classes = names_for("ade150")
+    classes = protocol_vocabulary("sclip", "ade20k150")  # 150 classes, one query each
     if not banded:
         dense.PAMR_BAND_FLOATS = 1 << 62  # one band: the old full-resolution PAMR
     seg = Segmenter("sclip", clip="tiny-random", device="cpu", pamr_iterations=pamr, templates="simple")
@@ -245,29 +245,22 @@ def growth(args: argparse.Namespace) -> None:
 def large(args: argparse.Namespace) -> None:
     import numpy as np
 
-    width, height = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="ovss-mem-"))
-    print(f"one {width}x{height} image, ADE20K 150 classes, tiny CLIP; peak RSS (MiB) in its own process")
+    print(f"ADE20K 150 classes, tiny CLIP, PAMR {args.pamr} iterations; peak RSS (MiB), each run in its own process")
     try:
-        for pamr, probs in [(0, False), (0, True), (args.pamr, False), (args.pamr, True)]:
-            outs = {}
-            for banded in (True, False):
-                if banded is False and pamr == 0 and not probs:
-                    continue  # no PAMR and no probabilities: both paths are the same code
-                labels = work / f"{pamr}-{probs}-{banded}.npy"
-                outs[banded] = _run_child(
-                    ["large", args.size, str(pamr), str(int(probs)), str(int(banded)), str(labels)]
-                )
-            same = None
-            if False in outs:
-                same = bool(
-                    np.array_equal(
-                        np.load(work / f"{pamr}-{probs}-True.npy"), np.load(work / f"{pamr}-{probs}-False.npy")
-                    )
-                )
-            print(f"  pamr {pamr:2d} probs {probs!s:5s} banded {outs[True]}", flush=True)
-            if False in outs:
-                print(f"  {'':20s} old    {outs[False]}  labels identical: {same}", flush=True)
+        # without PAMR both paths are the same code (upsampling and post-processing were banded already);
+        # the old whole-image PAMR runs at --old-size (at 2048x1536 it would take ~10 GB of a shared machine)
+        runs = [(args.size, 0, False, True), (args.size, 0, True, True), (args.size, args.pamr, False, True)]
+        runs += [(args.size, args.pamr, True, True), (args.old_size, args.pamr, False, True)]
+        runs += [(args.old_size, args.pamr, False, False)]
+        for size, pamr, probs, banded in runs:
+            labels = work / f"{size}-{pamr}-{probs}-{banded}.npy"
+            out = _run_child(["large", size, str(pamr), str(int(probs)), str(int(banded)), str(labels)])
+            if not banded:
+                same = np.array_equal(np.load(labels), np.load(work / f"{size}-{pamr}-{probs}-True.npy"))
+                out["labels_identical_to_banded"] = bool(same)
+            path = "banded" if banded else "old whole-image PAMR"
+            print(f"  {size} pamr {pamr:2d} probs {probs!s:5s} {path}: {out}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -292,6 +285,7 @@ def main() -> None:
     lg = sub.add_parser("large")
     lg.add_argument("--size", default="2048x1536")
     lg.add_argument("--pamr", type=int, default=10)
+    lg.add_argument("--old-size", default="1280x960", help="size of the banded vs old whole-image PAMR pair")
     lg.set_defaults(func=large)
     args = parser.parse_args()
     args.func(args)

@@ -144,3 +144,13 @@ def test_rss_flat_over_30_images(tmp_path, evaldata):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     rss = out["rss_mib"]
     assert out["rc"] == 0 and rss["30"] - rss["7"] < 60, rss
+
+
+def test_sam3_maps_refused_in_one_line_before_any_work(monkeypatch):
+    seg = Segmenter("sam3", sam="tiny-random", device="cpu")
+    calls = []
+    monkeypatch.setattr(seg.method.sam3, "encode_text", lambda *a, **k: calls.append(a))
+    monkeypatch.setenv("OVSS_MEMORY_LIMIT", "1M")
+    with pytest.raises(InputError) as e:
+        seg.segment(np.zeros((300, 400, 3), np.uint8), "cat; dog", return_probs=True)
+    assert "\n" not in str(e.value) and "400x300 image with 2 text queries needs about" in str(e.value) and not calls

@@ -52,6 +52,7 @@ def refine(weights: torch.Tensor, scores: torch.Tensor, iterations: int, dilatio
     """``iterations`` PAMR steps of ``(C, H, W)`` ``scores`` with the :func:`affinity` ``weights``."""
     neighbours = [(d, dy, dx) for d in dilations for dy, dx in _OFFSETS]
     out = scores.float()
+    del scores  # a caller's temporary is freed after the first step
     for _ in range(iterations):
         acc = torch.zeros_like(out)
         for weight, (d, dy, dx) in zip(weights, neighbours):
