@@ -58,18 +58,19 @@ def _photo(evaldata: Path, size=(160, 120)) -> np.ndarray:
 
 @pytest.mark.parametrize("area_thd", [None, 0.2])
 def test_banded_segment_equals_whole_image(evaldata, monkeypatch, area_thd):
-    """Labels and probabilities of the banded path (bands of 13 rows, chunks of 2 queries) equal the old
+    """Labels and probabilities of the banded path (bands of 12 rows, chunks of 2 queries) equal the old
     whole-image PAMR (one band) exactly, with and without the two-pass area_thd."""
-    photo = _photo(evaldata)
+    photo = _photo(evaldata, (163, 121))  # widths and band heights off any vector length
     classes = "aeroplane; person; dog, puppy; sofa; bottle; cat"
     kw = dict(clip="tiny-random", device="cpu", templates="simple", pamr_iterations=3, area_thd=area_thd)
     seg = Segmenter("sclip", **kw)
+    monkeypatch.setattr(dense, "BAND_FLOATS", 33 * 163 * 6)  # post-processing in bands of 6 rows, as before
     monkeypatch.setattr(dense, "PAMR_BAND_FLOATS", 1 << 40)
     whole = seg.segment(photo, classes, background="words", return_probs=True)
-    monkeypatch.setattr(dense, "PAMR_BAND_FLOATS", 33 * 160 * 13)  # 13 rows of the 7 + 26 background queries
-    monkeypatch.setattr(dense, "PAMR_CHUNK_FLOATS", 2 * (dense.PAMR_COPIES * 120 * 160 + 120 * 160))
-    bands, chunk = dense.pamr_plan(33, (120, 160), 3, (8, 16))
-    assert len(bands) > 3 and chunk < 33  # the plan really bands and chunks
+    monkeypatch.setattr(dense, "PAMR_BAND_FLOATS", 33 * 163 * 13)  # 13 rows of the 7 + 26 background queries
+    monkeypatch.setattr(dense, "PAMR_CHUNK_FLOATS", 2 * (dense.PAMR_COPIES * 121 * 163 + 121 * 163))
+    bands, chunk = dense.pamr_plan(33, (121, 163), 3, (8, 16))
+    assert len(bands) > 3 and chunk < 33 and bands[1] == slice(12, 24)  # the plan really bands and chunks
     banded = seg.segment(photo, classes, background="words", return_probs=True)
     assert np.array_equal(banded.labels, whole.labels)
     assert np.array_equal(banded.probs, whole.probs)

@@ -46,6 +46,10 @@ PAMR_CHUNK_FLOATS = 1 << 26  # one query chunk's working maps (band plus halo, a
 PAMR_COPIES = 5  # maps alive per refined chunk: input, result, accumulator, padded shift, product
 AFFINITY_MAPS = 16 + 54  # the affinity weights and, briefly, the 18 shifted RGB guides of its std
 POSTPROCESS_COPIES = 3  # per band of postprocess: scaled scores, softmax, class probabilities
+# Upsampling and post-processing go by bands of rows of at most this many floats per map. PAMR's
+# bands are runs of these: torch's softmax rounds the last bits of a band's tail differently when
+# its size changes, so the post-processing bands stay the ones the whole-image path uses.
+BAND_FLOATS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -97,10 +101,17 @@ def pamr_plan(queries: int, size: tuple[int, int], iterations: int, dilations) -
     height, width = size
     if queries * height * width <= PAMR_BAND_FLOATS:
         return [slice(0, height)], queries
-    rows = max(1, PAMR_BAND_FLOATS // (queries * width))
+    target = max(1, PAMR_BAND_FLOATS // (queries * width))
+    bands: list[slice] = []
+    for band in row_bands(height, width, queries, BAND_FLOATS):
+        if bands and band.stop - bands[-1].start <= target:
+            bands[-1] = slice(bands[-1].start, band.stop)
+        else:
+            bands.append(band)
+    rows = max(b.stop - b.start for b in bands)
     extended = min(height, rows + 2 * halo(iterations, dilations))
     chunk = max(1, min(queries, PAMR_CHUNK_FLOATS // (PAMR_COPIES * extended * width + height * width)))
-    return [slice(r, min(height, r + rows)) for r in range(0, height, rows)], chunk
+    return bands, chunk
 
 
 def segment_bytes(
@@ -110,7 +121,7 @@ def segment_bytes(
     height, width = size
     pixels = height * width
     parts = {"labels": 16 * pixels, "probabilities": 4 * classes * pixels if return_probs else 0}
-    band = min(queries * pixels, 1 << 26)  # row_bands' budget
+    band = min(queries * pixels, BAND_FLOATS)
     parts["bands"] = 4 * (POSTPROCESS_COPIES + 1) * band
     if settings.pamr_iterations > 0:
         bands, chunk = pamr_plan(queries, size, settings.pamr_iterations, settings.pamr_dilations)
@@ -221,7 +232,7 @@ class DenseMatchingMethod(Method):
             def band_fn(rows: slice) -> torch.Tensor:
                 return upsample_rows(scores, size, rows)
 
-            bands = list(row_bands(size[0], size[1], queries))
+            bands = list(row_bands(size[0], size[1], queries, BAND_FLOATS))
         labels, probs = postprocess(
             band_fn,
             size,
@@ -240,7 +251,7 @@ class DenseMatchingMethod(Method):
     def _pamr_bands(
         self, scores: torch.Tensor, pixels: torch.Tensor, size: tuple[int, int], queries: int
     ) -> tuple[Callable[[slice], torch.Tensor], list[slice]]:
-        """PAMR-refined full-resolution scores by bands of rows, and postprocess's bands (inside PAMR's)."""
+        """PAMR-refined full-resolution scores by bands of rows, and postprocess's bands (runs of which are PAMR's)."""
         s = self.settings
         pamr_bands, chunk = pamr_plan(queries, size, s.pamr_iterations, s.pamr_dilations)
 
@@ -268,11 +279,7 @@ class DenseMatchingMethod(Method):
                 done[index] = pamr_rows(guide, chunk_scores, queries, band, s.pamr_iterations, s.pamr_dilations, chunk)
             return done[index][:, rows.start - band.start : rows.stop - band.start]
 
-        bands = [
-            slice(b.start + r.start, b.start + r.stop)
-            for b in pamr_bands
-            for r in row_bands(b.stop - b.start, size[1], queries)
-        ]
+        bands = list(row_bands(size[0], size[1], queries, BAND_FLOATS))  # each inside one PAMR band
         return band_fn, bands
 
     @torch.no_grad()
