@@ -87,7 +87,7 @@ def test_segment_refused_in_one_line_before_any_work(monkeypatch):
     message = str(e.value)
     assert "\n" not in message and "2048x1536 image with 3 text queries" in message and "64M" not in message
     assert "probabilities" in message and "PAMR off (--pamr 0)" in message and "return_probs=False" in message
-    assert "0.1 GiB is free" in message and not calls
+    assert "64 MiB is free" in message and not calls
 
 
 def test_cli_segment_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):

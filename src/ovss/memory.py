@@ -66,8 +66,8 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
     return None
 
 
-def gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.1f} GiB"
+def human(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 / 10 else f"{nbytes / 2**20:.0f} MiB"
 
 
 def check_fits(
@@ -87,6 +87,8 @@ def check_fits(
     free = available_bytes(device) if available is None else available
     if free is None or need <= free:
         return
-    detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items() if n)
+    detail = ", ".join(f"{name} {human(n)}" for name, n in parts.items() if n)
     where = "" if torch.device(device).type == "cpu" else f" on {device}"
-    raise InputError(f"{what} needs about {gib(need)} ({detail}) but {gib(free)} is free{where}; {fix}", option=option)
+    raise InputError(
+        f"{what} needs about {human(need)} ({detail}) but {human(free)} is free{where}; {fix}", option=option
+    )
