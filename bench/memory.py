@@ -23,6 +23,7 @@ no built-in preset), and the tiny CLIP.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -118,22 +119,39 @@ def _kib(field: str) -> float:
     return process_memory_kib(field)
 
 
-def _count_calls(owner: Any, name: str, marks: list[int], record: dict[str, float]) -> None:
-    """Wrap ``owner.name`` so that VmRSS is recorded after the calls numbered in ``marks``."""
+def _live_mib() -> float:
+    """RSS after a garbage collection and glibc's malloc_trim: what is still referenced, without the free
+    pages the allocator keeps (which move with the image sizes and hide a slow leak)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # glibc only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return round(_kib("VmRSS") / 1024, 1)
+
+
+def _count_calls(owner: Any, name: str, marks: list[int], record: dict[str, float], leak: bool = False) -> None:
+    """Wrap ``owner.name`` so that VmRSS is recorded after the calls numbered in ``marks``; ``leak`` keeps
+    every result alive (the accumulation this bench looks for, so a test can see that it would be caught)."""
     original = getattr(owner, name)
     calls = [0]
+    kept = []
 
     def wrapped(*args, **kwargs):
         out = original(*args, **kwargs)
+        if leak:
+            kept.append(out)
         calls[0] += 1
         if calls[0] in marks:
             record[str(calls[0])] = round(_kib("VmRSS") / 1024, 1)
+            record[f"live{calls[0]}"] = _live_mib()
         return out
 
     setattr(owner, name, wrapped)
 
 
-def child_growth(job: str, work: Path, n: int, clip: str) -> dict[str, Any]:
+def child_growth(job: str, work: Path, n: int, clip: str, leak: bool = False) -> dict[str, Any]:
     from ovss.api import Segmenter
 
     record: dict[str, float] = {}
@@ -141,7 +159,7 @@ def child_growth(job: str, work: Path, n: int, clip: str) -> dict[str, Any]:
     if job == "segment":
         from ovss.cli import main
 
-        _count_calls(Segmenter, "segment", marks, record)
+        _count_calls(Segmenter, "segment", marks, record, leak)
         args = ["segment", str(work / "photos"), "-c", VOC_CLASSES, "--background", "words", "--clip", clip]
         rc = main([*args, "--device", "cpu", "--out", str(work / "out-segment")])
     elif job == "eval":
@@ -232,9 +250,12 @@ def growth(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             out = _run_child(["growth", job, str(work), str(args.images), clip if job != "bank" else "tiny-random"])
             rss = [out["rss_mib"].get(str(m)) for m in marks]
+            live = [out["rss_mib"].get(f"live{m}") for m in marks]
             grow = None if None in (rss[0], rss[-1]) else round(rss[-1] - rss[0], 1)
+            grow_live = None if None in (live[0], live[-1]) else round(live[-1] - live[0], 1)
             print(
-                f"  {job:8s} rss {rss} peak {out['peak_mib']} growth {grow} MiB "
+                f"  {job:8s} rss {rss} peak {out['peak_mib']} growth {grow} MiB; after gc + malloc_trim {live} "
+                f"growth {grow_live} MiB "
                 f"({time.perf_counter() - start:.0f} s, rc {out['rc']})",
                 flush=True,
             )
@@ -269,7 +290,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         kind, rest = sys.argv[2], sys.argv[3:]
         if kind == "growth":
-            out = child_growth(rest[0], Path(rest[1]), int(rest[2]), rest[3])
+            out = child_growth(rest[0], Path(rest[1]), int(rest[2]), rest[3], rest[4:] == ["leak"])
         else:
             w, h = (int(v) for v in rest[0].split("x"))
             out = child_large((w, h), int(rest[1]), bool(int(rest[2])), bool(int(rest[3])), rest[4] or None)
