@@ -304,6 +304,7 @@ LAYERS = {
     "data": 1,
     "templates": 1,
     "device": 1,
+    "memory": 1,
     "cliargs": 1,
     "typecheck": 0,
     "jobs": 1,

@@ -33,6 +33,7 @@ from typing import Any
 from .errors import InputError
 from .evaluate import EvalJob, _git_commit, run_eval
 from .io import atomic_path, write_json
+from .memory import process_memory_kib
 from .protocols import BENCHMARKS, FAMILIES, METRIC_CONVENTIONS
 
 ROLES = ("clip", "dino", "sam")
@@ -234,25 +235,10 @@ def _isolated_cell(job: EvalJob, progress: bool) -> tuple[dict[str, Any] | None,
     results = run_eval(job, progress=progress)
     if results is not None:
         results.pop("table", None)
-    memory = {"peak_rss_mib": round(_own_peak_kib() / 1024, 1), "peak_cuda_mib": None}
+    memory = {"peak_rss_mib": round(process_memory_kib("VmHWM") / 1024, 1), "peak_cuda_mib": None}
     if cuda:
         memory["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return results, memory
-
-
-def _own_peak_kib() -> float:
-    """This process's peak RSS: VmHWM of its own memory map where Linux has it (ru_maxrss is carried over
-    from the parent through fork and exec, so a child started by a big parent would report the parent's)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    import resource
-
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _run_isolated(job: EvalJob, progress: bool) -> tuple[dict[str, Any] | None, dict[str, float | None]]:

@@ -8,6 +8,7 @@ post-processing (docs/methods.md §0.4). Dense-CLIP methods, FMbSeg and others d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 
 from ..device import autocast, check_precision
 from ..errors import InputError
+from ..memory import check_fits
 from ..models.base import TextEncoder
-from ..ops.pamr import pamr
+from ..ops.pamr import halo, pamr_rows
 from ..ops.postprocess import postprocess
 from ..ops.resize import (
     check_resize_backend,
@@ -37,7 +39,17 @@ from .base import Method, MethodOutput
 # Probability below which a pixel becomes background when background="threshold" and the user
 # gave no prob_thd (the protocol value 0 would never fire).
 THRESHOLD_MODE_PROB = 0.5
-PAMR_MAX_FLOATS = 1 << 29  # PAMR holds a few full-resolution score maps at once
+# PAMR refines bands of rows (with a halo, exact: ops/pamr.py) whose queries x rows x width stay under this
+# many floats, a chunk of queries at a time; an image that fits in one band is refined whole, as before.
+PAMR_BAND_FLOATS = 1 << 27
+PAMR_CHUNK_FLOATS = 1 << 26  # one query chunk's working maps (band plus halo, and its full-size upsampling)
+PAMR_COPIES = 5  # maps alive per refined chunk: input, result, accumulator, padded shift, product
+AFFINITY_MAPS = 16 + 54  # the affinity weights and, briefly, the 18 shifted RGB guides of its std
+POSTPROCESS_COPIES = 3  # per band of postprocess: scaled scores, softmax, class probabilities
+# Upsampling and post-processing go by bands of rows of at most this many floats per map. PAMR's
+# bands are runs of these: torch's softmax rounds the last bits of a band's tail differently when
+# its size changes, so the post-processing bands stay the ones the whole-image path uses.
+BAND_FLOATS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -84,13 +96,66 @@ class DenseSettings:
         pixel_constants((0.5,), (0.5,), self.pixel_constants)
 
 
-def _check_pamr_memory(queries: int, size: tuple[int, int]) -> None:
-    floats = queries * size[0] * size[1]
-    if floats > PAMR_MAX_FLOATS:
-        raise InputError(
-            f"PAMR on a {size[1]}x{size[0]} image with {queries} text queries needs about "
-            f"{floats * 16 / 2**30:.0f} GB; turn PAMR off (--pamr 0) or downscale the image"
-        )
+def pamr_plan(queries: int, size: tuple[int, int], iterations: int, dilations) -> tuple[list[slice], int]:
+    """PAMR's row bands and query chunk for a ``size`` output: one band of all queries when it fits."""
+    height, width = size
+    if queries * height * width <= PAMR_BAND_FLOATS:
+        return [slice(0, height)], queries
+    target = max(1, PAMR_BAND_FLOATS // (queries * width))
+    bands: list[slice] = []
+    for band in row_bands(height, width, queries, BAND_FLOATS):
+        if bands and band.stop - bands[-1].start <= target:
+            bands[-1] = slice(bands[-1].start, band.stop)
+        else:
+            bands.append(band)
+    rows = max(b.stop - b.start for b in bands)
+    extended = min(height, rows + 2 * halo(iterations, dilations))
+    chunk = max(1, min(queries, PAMR_CHUNK_FLOATS // (PAMR_COPIES * extended * width + height * width)))
+    return bands, chunk
+
+
+def segment_bytes(
+    queries: int, classes: int, size: tuple[int, int], settings: DenseSettings, return_probs: bool
+) -> dict[str, int]:
+    """Estimated bytes of the full-resolution stage of :meth:`DenseMatchingMethod.segment` (fp32 maps)."""
+    height, width = size
+    pixels = height * width
+    parts = {"labels": 16 * pixels, "probabilities": 4 * classes * pixels if return_probs else 0}
+    band = min(queries * pixels, BAND_FLOATS)
+    parts["bands"] = 4 * (POSTPROCESS_COPIES + 1) * band
+    if settings.pamr_iterations > 0:
+        bands, chunk = pamr_plan(queries, size, settings.pamr_iterations, settings.pamr_dilations)
+        rows = max(b.stop - b.start for b in bands)
+        extended = min(height, rows + 2 * halo(settings.pamr_iterations, settings.pamr_dilations))
+        working = PAMR_COPIES * chunk * extended * width + (chunk * pixels if len(bands) > 1 else 0)
+        parts["PAMR"] = 4 * (queries * rows * width + working + AFFINITY_MAPS * extended * width + 3 * pixels)
+    return parts
+
+
+def check_segment_memory(
+    queries: int,
+    classes: int,
+    size: tuple[int, int],
+    settings: DenseSettings,
+    return_probs: bool,
+    device: torch.device | str = "cpu",
+    available: int | None = None,
+) -> None:
+    """One line naming the size and the fixes when the full-resolution maps cannot fit in free memory."""
+    parts = segment_bytes(queries, classes, size, settings, return_probs)
+    what = f"a {size[1]}x{size[0]} image with {queries} text queries"
+    fixes = ["fewer classes", "a smaller image"]
+    if settings.pamr_iterations > 0:
+        fixes.append("PAMR off (--pamr 0)")
+    if return_probs:
+        fixes.append("no probabilities (return_probs=False, no --confidence)")
+    fix = "use " + ", ".join(fixes[:-1]) + " or " + fixes[-1]
+    if torch.device(device).type == "cpu":
+        check_fits(parts, what, fix, device, available)
+        return
+    host = {k: parts.pop(k) for k in ("labels", "probabilities")}  # assembled on the host
+    check_fits(host, what, fix, "cpu", available)
+    check_fits(parts, what, fix, device, available)
 
 
 class DenseMatchingMethod(Method):
@@ -156,27 +221,18 @@ class DenseMatchingMethod(Method):
     @torch.no_grad()
     def segment(self, image: np.ndarray, vocab: Vocabulary, return_probs: bool = False) -> MethodOutput:
         s = self.settings
-        scores, pixels = self.query_scores(image, self.text_embeddings(vocab))
         size = image.shape[:2]
+        queries = len(vocab.queries)
+        check_segment_memory(queries, vocab.num_classes, size, s, return_probs, self.device)  # before any work
+        scores, pixels = self.query_scores(image, self.text_embeddings(vocab))
         if s.pamr_iterations > 0:
-            _check_pamr_memory(len(vocab.queries), size)
-            # Score map and guide image upsampled with F.interpolate as SCLIP's and NACLIP's
-            # segmentors do: PAMR divides by the guide's local std, so in flat regions even
-            # float-rounding noise of another (equal in exact arithmetic) upsampling changes it.
-            full_scores, guide = (
-                F.interpolate(x[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-                for x in (scores, pixels)
-            )
-            full = pamr(guide, full_scores, s.pamr_iterations, s.pamr_dilations)
-            del full_scores, guide
-
-            def band_fn(rows: slice) -> torch.Tensor:
-                return full[:, rows]
+            band_fn, bands = self._pamr_bands(scores, pixels, size, queries)
         else:
 
             def band_fn(rows: slice) -> torch.Tensor:
                 return upsample_rows(scores, size, rows)
 
+            bands = list(row_bands(size[0], size[1], queries, BAND_FLOATS))
         labels, probs = postprocess(
             band_fn,
             size,
@@ -186,11 +242,45 @@ class DenseMatchingMethod(Method):
             prob_thd=self.effective_prob_thd(vocab),
             area_thd=s.area_thd,
             has_background=vocab.has_background,
-            bands=list(row_bands(size[0], size[1], len(vocab.queries))),
+            bands=bands,
             return_probs=return_probs,
             renormalize=s.renormalize_probs,
         )
         return MethodOutput(labels.numpy().astype(np.int32), None if probs is None else probs.numpy())
+
+    def _pamr_bands(
+        self, scores: torch.Tensor, pixels: torch.Tensor, size: tuple[int, int], queries: int
+    ) -> tuple[Callable[[slice], torch.Tensor], list[slice]]:
+        """PAMR-refined full-resolution scores by bands of rows, and postprocess's bands (runs of which are PAMR's)."""
+        s = self.settings
+        pamr_bands, chunk = pamr_plan(queries, size, s.pamr_iterations, s.pamr_dilations)
+
+        # Score map and guide image upsampled with F.interpolate as SCLIP's and NACLIP's
+        # segmentors do: PAMR divides by the guide's local std, so in flat regions even
+        # float-rounding noise of another (equal in exact arithmetic) upsampling changes it.
+        # A band's score rows are cut from the whole upsampled map of its chunk of queries, so
+        # they are the very numbers the whole-image computation refines.
+        def upsampled(x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+
+        guide = upsampled(pixels.to(self.device))
+
+        def chunk_scores(channels: slice, rows: slice) -> torch.Tensor:
+            full = upsampled(scores[channels])
+            return full if rows == slice(0, size[0]) else full[:, rows].contiguous()
+
+        done: dict[int, torch.Tensor] = {}  # the refined PAMR band last asked for
+
+        def band_fn(rows: slice) -> torch.Tensor:
+            index = next(i for i, b in enumerate(pamr_bands) if b.start <= rows.start < b.stop)
+            band = pamr_bands[index]
+            if index not in done:
+                done.clear()
+                done[index] = pamr_rows(guide, chunk_scores, queries, band, s.pamr_iterations, s.pamr_dilations, chunk)
+            return done[index][:, rows.start - band.start : rows.stop - band.start]
+
+        bands = list(row_bands(size[0], size[1], queries, BAND_FLOATS))  # each inside one PAMR band
+        return band_fn, bands
 
     @torch.no_grad()
     def dense_features(self, image: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import torch
 
 from ...device import autocast, check_precision
 from ...errors import InputError
+from ...memory import check_fits
 from ...models.sam3 import Sam3Backbone
 from ...ops.windows import window_grid
 from ...vocab import Vocabulary
@@ -30,9 +31,6 @@ from ..base import Method, MethodOutput
 from .fusion import fuse_prompt_maps
 
 TIER = "supervised concept segmenter, trained on SA-Co (not annotation-free)"
-# Per-query maps kept at full size when windows or probabilities are asked for: refuse above this
-# many floats (4 GiB) with a one-line fix instead of running out of memory.
-MAX_MAP_FLOATS = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -116,6 +114,13 @@ class Sam3Method(Method):
             raise InputError('sam3 needs at least one class name to prompt; pass classes like "cat; sofa, couch"')
         height, width = image.shape[:2]
         boxes = self.windows(height, width)
+        if len(boxes) > 1 or return_probs:  # per-query maps at full size: refused in one line if they cannot fit
+            pixels = height * width
+            check_fits(
+                {"query maps": 4 * len(queries) * pixels, "class probabilities": 4 * vocab.num_classes * pixels},
+                f"a {width}x{height} image with {len(queries)} text queries",
+                "downscale the image, use fewer classes, or drop return_probs / set window=None",
+            )
         text = self.sam3.encode_text(queries, batch_size=max(self.settings.prompt_batch, 64))
         owner = torch.tensor(vocab.query_class, dtype=torch.long)
         chunks = -(-len(queries) // self.settings.prompt_batch)
@@ -138,12 +143,6 @@ class Sam3Method(Method):
                 labels = torch.where(better, owner[start + arg], labels)
                 bar.update()
         else:
-            if len(queries) * height * width > MAX_MAP_FLOATS:
-                raise InputError(
-                    f"{len(queries)} text queries on a {width}x{height} image need "
-                    f"{len(queries) * height * width * 4 / 2**30:.0f} GB of maps for windows or probabilities; "
-                    "downscale the image, use fewer classes, or drop return_probs / set window=None"
-                )
             total = torch.zeros(len(queries), height, width)
             count = torch.zeros(height, width)
             for y1, y2, x1, x2 in boxes:
