@@ -334,6 +334,35 @@ def test_bf16_and_gradient_accumulation_run_and_count_optimisation_steps(caption
     assert len(log) == 2 and all(math.isfinite(x["loss"]) for x in log)
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"decoder": "mask2former"},
+        {"decoder": "mask2former", "mask_features": "pooled", "projection_norm": "batch"},
+        {"mask_features": "embeddings", "mask_weighting": "area", "pooling": "mlp_then_mean"},
+    ],
+)
+def test_model_variants_train_every_parameter_save_and_segment(caption_folder, tmp_path, variant):
+    import ovss
+    from ovss.methods.sseg.model import SSegModel
+    from ovss.methods.sseg.train import make_train_settings, train_sseg
+    from ovss.testing.standins import SyntheticDINO
+
+    settings = make_train_settings({**TINY, **variant, "max_steps": 1})
+    model = SSegModel(settings.model_config())
+    pixels = torch.randn(2, 3, 64, 64)
+    masks, image, text, scale = model(pixels, model.tokenize(["a red shape", "a blue shape"], "cpu"))
+    (masks.mean() + image.sum() + text.sum() + scale).backward()
+    # DistributedDataParallel refuses parameters that get no gradient
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    root, _ = caption_folder
+    run = tmp_path / "run"
+    train_sseg(root, run, settings, dino=SyntheticDINO(), device="cpu", progress=False)
+    scene = make_captioned_scenes(1, seed=9, size=48)[0][0]
+    labels = ovss.Segmenter("sseg", checkpoint=str(run), device="cpu", window=None).segment(scene.image, "red; blue")
+    assert labels.labels.shape == scene.labels.shape
+
+
 def test_no_training_step_is_an_error_and_writes_no_checkpoint(tmp_path):
     write_shards([(b"broken", "a caption"), (b"\xff\xd8 also broken", "another")], tmp_path / "shards")
     run = tmp_path / "run"

@@ -24,6 +24,8 @@ def caption_for(scene: SyntheticScene, rng: random.Random | None = None) -> str:
     rng = rng or random.Random(scene.seed)
     regions = sorted({scene.class_names[i] for i in scene.instance_labels})
     rng.shuffle(regions)
+    if not regions:  # a scene of its background only
+        return f"a {scene.background} scene" if scene.background else "an empty scene"
     parts = [f"a {c} shape" for c in regions]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"{text} on {scene.background}" if scene.background else text

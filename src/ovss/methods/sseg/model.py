@@ -37,6 +37,9 @@ TOKENIZERS = ("bytes",)  # built offline; any other value is a CLIPTokenizer id 
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "swin-small"  # a preset above, or a transformers backbone config id / folder (random init)
+    # "maskformer" (the paper's MaskFormer: DETR decoder, FPN pixel decoder) or "mask2former" (masked
+    # attention: each query attends only inside its own predicted mask, so its feature is the region's)
+    decoder: str = "maskformer"
     num_queries: int = 64  # N
     decoder_layers: int = 6
     hidden: int = 256  # decoder width = pixel-embedding width (MaskFormer's default)
@@ -79,6 +82,8 @@ class ModelConfig:
             raise InputError("hidden must be a multiple of decoder_heads and text_width of text_heads")
         if self.mask_features not in MASK_FEATURES:
             raise InputError(f"setting mask_features={self.mask_features!r} must be one of {', '.join(MASK_FEATURES)}")
+        if self.decoder not in ("maskformer", "mask2former"):
+            raise InputError(f"setting decoder={self.decoder!r} must be 'maskformer' or 'mask2former'")
         if self.projection_norm not in ("none", "batch"):
             raise InputError(f"setting projection_norm={self.projection_norm!r} must be 'none' or 'batch'")
         if not (self.text == "scratch" or self.text.startswith("clip:")):
@@ -171,27 +176,46 @@ class SSegModel(nn.Module):
 
         config.validate()
         self.config = config
-        decoder = DetrConfig(
-            num_queries=config.num_queries,
-            decoder_layers=config.decoder_layers,
-            d_model=config.hidden,
-            decoder_attention_heads=config.decoder_heads,
-            decoder_ffn_dim=8 * config.hidden,
-        )
-        mf = MaskFormerConfig(
-            backbone_config=backbone_config(config.backbone),
-            decoder_config=decoder,
-            fpn_feature_size=config.hidden,
-            mask_feature_size=config.hidden,
-        )
-        self.maskformer = MaskFormerModel(mf)
-        # MaskFormer reads the Swin stage outputs; the backbone's final LayerNorm never runs, so it is
-        # frozen (DistributedDataParallel refuses parameters that receive no gradient)
-        final_norm = getattr(getattr(self.maskformer.pixel_level_module.encoder, "model", None), "layernorm", None)
-        if final_norm is not None:
-            final_norm.requires_grad_(False)
-        # MaskFormer's 3-layer mask-embedding head (Cheng et al., NeurIPS 2021)
-        self.mask_embedder = _mlp([config.hidden] * 4, nn.ReLU)
+        if config.decoder == "mask2former":
+            from transformers import Mask2FormerConfig, Mask2FormerModel
+
+            m2f = Mask2FormerConfig(
+                backbone_config=backbone_config(config.backbone),
+                num_queries=config.num_queries,
+                decoder_layers=config.decoder_layers,
+                hidden_dim=config.hidden,
+                mask_feature_size=config.hidden,
+                feature_size=config.hidden,
+                num_attention_heads=config.decoder_heads,
+                dim_feedforward=8 * config.hidden,
+                encoder_feedforward_dim=4 * config.hidden,
+            )
+            self.maskformer = Mask2FormerModel(m2f)
+            self.mask_embedder = None  # Mask2Former draws its masks with its own mask predictor
+        else:
+            decoder = DetrConfig(
+                num_queries=config.num_queries,
+                decoder_layers=config.decoder_layers,
+                d_model=config.hidden,
+                decoder_attention_heads=config.decoder_heads,
+                decoder_ffn_dim=8 * config.hidden,
+            )
+            mf = MaskFormerConfig(
+                backbone_config=backbone_config(config.backbone),
+                decoder_config=decoder,
+                fpn_feature_size=config.hidden,
+                mask_feature_size=config.hidden,
+            )
+            self.maskformer = MaskFormerModel(mf)
+            # MaskFormer's 3-layer mask-embedding head (Cheng et al., NeurIPS 2021)
+            self.mask_embedder = _mlp([config.hidden] * 4, nn.ReLU)
+        # the mask decoders read the Swin stage outputs; the backbone's final LayerNorm never runs, so it
+        # is frozen (DistributedDataParallel refuses parameters that receive no gradient)
+        encoder = self.maskformer.pixel_level_module.encoder
+        for trunk in ("model", "swin"):  # MaskFormer's Swin wrapper / transformers' SwinBackbone
+            final_norm = getattr(getattr(encoder, trunk, None), "layernorm", None)
+            if final_norm is not None:
+                final_norm.requires_grad_(False)
         # the paper's 2-layer projections, with GELU (unknown; a ReLU projection collapsed to a constant
         # embedding in the synthetic world, its dead units never recovering)
         self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim], norm=config.projection_norm)
@@ -240,8 +264,15 @@ class SSegModel(nn.Module):
         out = self.maskformer(pixel_values=pixels)
         queries = out.transformer_decoder_last_hidden_state
         pixel_embeddings = out.pixel_decoder_last_hidden_state
-        embeddings = self.mask_embedder(queries)
-        masks = torch.einsum("bqc,bchw->bqhw", embeddings, pixel_embeddings)
+        if self.mask_embedder is None:  # Mask2Former: its last mask prediction, from the normalised queries
+            decoder = self.maskformer.transformer_module.decoder
+            masks = out.masks_queries_logits[-1]
+            if pixel_embeddings.shape[-2:] != masks.shape[-2:]:
+                pixel_embeddings = F.interpolate(pixel_embeddings, size=masks.shape[-2:], mode="bilinear")
+            embeddings = decoder.mask_predictor.mask_embedder(decoder.layernorm(queries))
+        else:
+            embeddings = self.mask_embedder(queries)
+            masks = torch.einsum("bqc,bchw->bqhw", embeddings, pixel_embeddings)
         if self.config.mask_features == "queries":
             return masks, queries
         if self.config.mask_features == "embeddings":

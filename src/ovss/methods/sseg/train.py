@@ -48,6 +48,7 @@ class SSegTrainSettings:
     # model (ModelConfig fields; every unknown is listed in docs/sseg.md)
     backbone: str = "swin-small"  # paper: Swin-S
     num_queries: int = 64  # paper: N = 64
+    decoder: str = "maskformer"  # paper: MaskFormer; "mask2former" = masked attention (not in the paper)
     decoder_layers: int = 6  # paper: 6-layer transformer decoder
     hidden: int = 256  # unknown: MaskFormer's 256
     decoder_heads: int = 8  # unknown: MaskFormer's 8
