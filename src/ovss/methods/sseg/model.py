@@ -190,7 +190,7 @@ class SSegModel(nn.Module):
                 dim_feedforward=8 * config.hidden,
                 encoder_feedforward_dim=4 * config.hidden,
             )
-            self.maskformer = Mask2FormerModel(m2f)
+            self.maskformer: Any = Mask2FormerModel(m2f)
             self.mask_embedder = None  # Mask2Former draws its masks with its own mask predictor
         else:
             decoder = DetrConfig(
