@@ -7,6 +7,7 @@ built from a config, for tests and smoke runs only.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -38,10 +39,26 @@ class CLIPBackbone:
         self.context_length: int = model.config.text_config.max_position_embeddings
         self.is_tiny_random = name == TINY_RANDOM
         self._fingerprint: str | None = None
+        self._towers: dict[torch.dtype, tuple[torch.nn.Module, torch.nn.Module]] = {}
 
     @property
     def vision(self):
         return self.model.vision_model
+
+    def tower(self, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The image tower and visual projection, or a copy of them cast once to ``dtype``.
+
+        Running a cast copy replaces autocast's cast of every weight at every call (docs/speed.md);
+        the text tower and the loaded weights stay as they are. The class and position embeddings
+        stay fp32, so the position table is resized from fp32 values as under autocast."""
+        if dtype is None or dtype == self.model.visual_projection.weight.dtype:
+            return self.vision, self.model.visual_projection
+        if dtype not in self._towers:
+            vision = copy.deepcopy(self.vision).to(dtype)
+            vision.embeddings.position_embedding.float()
+            vision.embeddings.class_embedding.data = vision.embeddings.class_embedding.data.float()
+            self._towers[dtype] = (vision, copy.deepcopy(self.model.visual_projection).to(dtype))
+        return self._towers[dtype]
 
     @property
     def fingerprint(self) -> str:
@@ -82,10 +99,14 @@ class CLIPBackbone:
         return torch.nn.functional.normalize(self.model.visual_projection(pooled).float(), dim=-1)
 
     @torch.no_grad()
-    def dense_features(self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def dense_features(
+        self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """``dtype``: run the tower cast to it (see :meth:`tower`); ``None`` = as loaded (autocast applies)."""
+        vision, projection = self.tower(dtype)
         return dense_clip_features(
-            self.vision,
-            self.model.visual_projection,
+            vision,
+            projection,
             pixels.to(self.device),
             variant,
             self.patch_size,
