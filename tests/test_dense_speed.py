@@ -62,6 +62,7 @@ def test_cast_tower_embeddings_equal_autocast_on_the_cpu(photos):
     assert torch.equal(a, b)
     assert cast.method.clip.tower(torch.bfloat16)[0].encoder.layers[0].mlp.fc1.weight.dtype == torch.bfloat16
     assert cast.method.clip.vision.encoder.layers[0].mlp.fc1.weight.dtype == torch.float32  # the loaded tower kept
+    assert type(cast.method.clip.vision.encoder.layers[0].mlp.fc1) is torch.nn.Linear
 
 
 def test_cast_tower_stays_within_bf16_of_autocast_and_fp32(photos):
@@ -80,6 +81,19 @@ def test_cast_tower_stays_within_bf16_of_autocast_and_fp32(photos):
     assert err["cast"] < 1.5 * err["auto"], err
     same = (cast.segment(photos[0], CLASSES).labels == fp32.segment(photos[0], CLASSES).labels).mean()
     assert same > 0.95, same
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_is_bit_identical_to_f_linear(bias):
+    from ovss.models.dense_clip import OneDNNLinear, use_onednn_linears
+
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(64, 96, bias=bias).to(torch.bfloat16)
+    fused = use_onednn_linears(copy.deepcopy(plain))
+    assert type(fused) is OneDNNLinear
+    x = torch.randn(3, 17, 64).to(torch.bfloat16)
+    assert torch.equal(fused(x), F.linear(x, plain.weight, plain.bias))
+    assert not torch.equal(fused(x), F.linear(x, plain.weight * 1.01, plain.bias))  # the check can fail
 
 
 def test_fp32_paths_are_one_path(photos):

@@ -11,11 +11,12 @@ import copy
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import ModelLoadError
-from .dense_clip import dense_clip_features, last_block_values, project_values
+from .dense_clip import dense_clip_features, last_block_values, project_values, use_onednn_linears
 from .loading import TINY_RANDOM, load_config, load_failure, quiet_hub, warn_tiny_random
 
 CLIP_MODEL_TYPES = ("clip", "metaclip_2")
@@ -54,10 +55,12 @@ class CLIPBackbone:
         if dtype is None or dtype == self.model.visual_projection.weight.dtype:
             return self.vision, self.model.visual_projection
         if dtype not in self._towers:
-            vision = copy.deepcopy(self.vision).to(dtype)
-            vision.embeddings.position_embedding.float()
-            vision.embeddings.class_embedding.data = vision.embeddings.class_embedding.data.float()
-            self._towers[dtype] = (vision, copy.deepcopy(self.model.visual_projection).to(dtype))
+            vision = use_onednn_linears(copy.deepcopy(self.vision).to(dtype))
+            embeddings: Any = vision.embeddings  # transformers' CLIPVisionEmbeddings
+            embeddings.position_embedding.float()
+            embeddings.class_embedding.data = embeddings.class_embedding.data.float()
+            projection = use_onednn_linears(copy.deepcopy(self.model.visual_projection).to(dtype))
+            self._towers[dtype] = (vision, projection)
         return self._towers[dtype]
 
     @property
