@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ovss import Segmenter
 from ovss.errors import InputError
@@ -226,3 +227,34 @@ def test_eval_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeypa
     assert reports[0]["images"] == reports[1]["images"] == 3
     same = [json.dumps(r["per_class"], sort_keys=True) for r in reports]  # NaN-safe
     assert same[0] == same[1] and reports[0]["mIoU"] == pytest.approx(reports[1]["mIoU"], nan_ok=True)
+
+
+def test_label_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeypatch):
+    import ovss.api as api
+    from ovss.labelling import label
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in ("0", "120"):
+        (folder / f"{n}.png").write_bytes((evaldata / "vainf_voc_samples" / "samples" / f"{n}_image.png").read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")  # an unreadable image inside a group
+    calls = []
+    real = api.Segmenter.segment_many
+
+    def counting(self, images, *args, **kwargs):
+        calls.append(len(images))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(api.Segmenter, "segment_many", counting)
+    common = dict(classes="cat; dog; person", formats="png", progress=False, device="cpu", short_side=112)
+    label(folder, out=tmp_path / "one", **common)
+    label(folder, out=tmp_path / "many", image_batch=2, **common)
+    assert calls == [2]  # 3 files in groups of 2: the two photos, then the broken file alone (no call)
+    for n in ("0", "120"):
+        one, many = (np.asarray(Image.open(tmp_path / d / "png" / "labels" / f"{n}.png")) for d in ("one", "many"))
+        assert np.array_equal(one, many)
+    # a group that fails is redone one image at a time, so each image gets its own result or error
+    monkeypatch.setattr(api.Segmenter, "segment_many", lambda *a, **k: (_ for _ in ()).throw(InputError("no")))
+    label(folder, out=tmp_path / "fallback", image_batch=2, **common)
+    for n in ("0", "120"):
+        assert (tmp_path / "fallback" / "png" / "labels" / f"{n}.png").is_file()
