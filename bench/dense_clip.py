@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the frozen-compile path (compiles once)")
     parser.add_argument("--image-batch", type=int, default=0, help="also time N images through segment_many")
     parser.add_argument("--profile", action="store_true", help="print where one bf16 image's time goes, per op")
+    parser.add_argument("--agreement-only", action="store_true", help="only the label agreement on real photos")
     parser.add_argument("--templates", default="openai_imagenet_80", help="text template set")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -188,6 +189,12 @@ def main() -> None:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak (2048^3, this process): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
 
+    if not args.agreement_only:
+        time_paths(args, paths, image, vocab, flops, peaks)
+    agreement(real_photos(args.photos), paths, clip, vocab)
+
+
+def time_paths(args, paths: dict, image: np.ndarray, vocab, flops: float, peaks: dict[str, float]) -> None:
     compile_seconds = {}
     for name, m in list(paths.items()):
         if m.settings.compile:
@@ -231,14 +238,18 @@ def main() -> None:
             print(f"\nprofile, one image, {name}:")
             print(profile_table(lambda m=paths[name]: m.segment(image, vocab)))
 
-    photos = real_photos(args.photos)
+
+def agreement(photos: list, paths: dict, clip, vocab) -> None:
+    from ovss.methods.dense_clip import DenseCLIPMethod
+    from ovss.ops.text import embed_queries
+
     if photos:
         text = embed_queries(clip, list(vocab.queries), paths["fp32"].templates)
 
         def label_maps(m: DenseCLIPMethod, photo: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
             # segment's labels, and the more sensitive nearest query per pixel at the resized size
             scores, pixels = m.query_scores(photo, text)
-            return m.labels_from_scores(photo.shape[:2], scores, pixels, vocab, False).labels, scores.argmax(0)
+            return m.labels_from_scores(photo.shape[:2], scores, pixels, vocab, False).labels, scores.argmax(0).numpy()
 
         maps = {name: [label_maps(m, photo) for _, photo in photos] for name, m in paths.items()}
 

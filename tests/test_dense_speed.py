@@ -18,6 +18,7 @@ from ovss.ops.windows import slide, slide_many, window_grid
 from ovss.vocab import build_vocabulary
 
 CLASSES = "cat; dog; car; tree; sky"
+ONE_TEMPLATE = {"templates": "simple"}  # the jobs' tests: text embedding is not what they check
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +216,7 @@ def test_eval_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeypa
                 "voc21",
                 root,
                 out=tmp_path / str(n),
-                overrides={"short_side": 96, "image_batch": n},
+                overrides={"short_side": 96, "image_batch": n, **ONE_TEMPLATE},
                 device="cpu",
                 limit=3,
             ),
@@ -246,7 +247,9 @@ def test_label_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeyp
         return real(self, images, *args, **kwargs)
 
     monkeypatch.setattr(api.Segmenter, "segment_many", counting)
-    common = dict(classes="cat; dog; person", formats="png", progress=False, device="cpu", short_side=112)
+    common = dict(
+        classes="cat; dog; person", formats="png", progress=False, device="cpu", short_side=112, **ONE_TEMPLATE
+    )
     label(folder, out=tmp_path / "one", **common)
     label(folder, out=tmp_path / "many", image_batch=2, **common)
     assert calls == [2]  # 3 files in groups of 2: the two photos, then the broken file alone (no call)
