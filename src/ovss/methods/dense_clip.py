@@ -30,14 +30,14 @@ class DenseCLIPSettings(DenseSettings):
     resize_backend: str = "cv2"
     pixel_constants: str = "mmseg"
     # bf16/fp16: run a copy of the image tower cast once to that dtype instead of autocasting every
-    # op (the same arithmetic: the trunk already ran its residual stream in the autocast dtype);
-    # False = the autocast path. docs/speed.md
+    # op (on the CPU autocast's arithmetic, but for LayerNorm parameters rounded to bf16 and scores
+    # taken in fp32); False = the autocast path. docs/speed.md
     cast_weights: bool = True
     # torch.compile the image tower with frozen weights (inductor freezing); opt-in: it compiles for
-    # minutes once per process and window size, and pays only where docs/speed.md measured it
+    # minutes once per process and window size, and did not pay on the CPU of docs/speed.md
     compile: bool = False
-    # images per call in `ovss eval` (Segmenter.segment_many): their windows share forward passes of
-    # window_batch windows; the same labels as one at a time (tests/test_dense_speed.py)
+    # images per call in `ovss eval` and `ovss label` (Segmenter.segment_many): their windows share
+    # forward passes of window_batch windows; the labels of one at a time (tests/test_dense_speed.py)
     image_batch: int = 1
 
     def validate(self) -> None:
