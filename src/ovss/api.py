@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -102,10 +103,7 @@ class Segmenter:
         26 background words), ``"threshold"`` (class 0 below ``prob_thd``) or a list of words.
         ``classes`` may be left out with a fitted classifier (``tuss`` with a checkpoint): its classes.
         """
-        fixed = getattr(self.method, "vocabulary", None)  # a fitted classifier knows its classes
-        if classes is None and fixed is None:
-            raise no_classes()
-        vocab = fixed if classes is None else build_vocabulary(classes, background)
+        vocab = self._vocabulary(classes, background)
         rgb = load_image(image, self.max_pixels)
         start = time.perf_counter()
         vote_logits = bool(self.refine) and self.refine["vote"] == "logits"
@@ -120,7 +118,37 @@ class Segmenter:
             if not return_probs:
                 out.probs = None
         seconds = time.perf_counter() - start
-        return SegResult(out.labels, list(vocab.names), out.probs, rgb, self._info(vocab, seconds))  # type: ignore[arg-type, union-attr]
+        return SegResult(out.labels, list(vocab.names), out.probs, rgb, self._info(vocab, seconds))
+
+    def segment_many(
+        self,
+        images: Sequence[ImageInput],
+        classes: str | list[str] | Vocabulary | None = None,
+        background: str | list[str] | None = None,
+        return_probs: bool = False,
+    ) -> list[SegResult]:
+        """:meth:`segment` of several images at once: dense-CLIP methods share window batches across
+        them (the same labels as one call per image, docs/speed.md); other methods, and SAM
+        refinement, take them one at a time. Every image is loaded and checked first. Each result's
+        ``info["seconds"]`` is the batch's time divided by the number of images."""
+        if self.refine or not hasattr(self.method, "segment_many"):
+            return [self.segment(image, classes, background, return_probs) for image in images]
+        vocab = self._vocabulary(classes, background)
+        rgbs = [load_image(image, self.max_pixels) for image in images]
+        start = time.perf_counter()
+        outs = self.method.segment_many(rgbs, vocab, return_probs=return_probs)
+        info = self._info(vocab, (time.perf_counter() - start) / max(len(rgbs), 1))
+        return [SegResult(o.labels, list(vocab.names), o.probs, rgb, dict(info)) for o, rgb in zip(outs, rgbs)]
+
+    def _vocabulary(
+        self, classes: str | list[str] | Vocabulary | None, background: str | list[str] | None
+    ) -> Vocabulary:
+        if classes is not None:
+            return build_vocabulary(classes, background)
+        fixed = getattr(self.method, "vocabulary", None)  # a fitted classifier knows its classes
+        if fixed is None:
+            raise no_classes()
+        return fixed
 
     def refine_settings(self) -> dict[str, Any] | None:
         if not self.refine:

@@ -31,16 +31,21 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def precision_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The compute dtype of ``precision`` on ``device`` (fp16 is refused on the CPU)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[check_precision(precision)]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise InputError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+    return dtype
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Mixed precision for the transformer trunk; fp32 is a no-op."""
     if precision == "fp32":
         yield
         return
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype == torch.float16:
-        raise InputError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    with torch.autocast(device_type=device.type, dtype=precision_dtype(device, precision)):
         yield
 
 

@@ -225,20 +225,33 @@ def _evaluate_shard(
 
     done = set(shard.done)
     todo = [s for s in samples if s.name not in done]
-    bar = tqdm(todo, desc=desc, unit="img", disable=not progress or not todo, position=rank, file=sys.stderr)
-    for count, sample in enumerate(bar, 1):
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, position=rank, file=sys.stderr)
+    # dense-CLIP methods batch windows across `image_batch` images (the same labels as one at a time)
+    batch = getattr(getattr(segmenter, "settings", None), "image_batch", 1)
+    count = 0
+    for first in range(0, len(todo), batch):
+        group = todo[first : first + batch]
         # ground truth checks each pair as `ovss data check` does (sizes, values, modes)
-        gt = check_sample(dataset, sample) if segmenter is None else dataset.load_label(sample)
+        gts = [check_sample(dataset, s) if segmenter is None else dataset.load_label(s) for s in group]
         start = time.perf_counter()
         # the whole API path, refinement included
-        pred = gt.copy() if segmenter is None else segmenter.segment(sample.image, vocab).labels
+        if segmenter is None:
+            preds = [gt.copy() for gt in gts]
+        elif len(group) == 1:
+            preds = [segmenter.segment(group[0].image, vocab).labels]
+        else:
+            preds = [r.labels for r in segmenter.segment_many([s.image for s in group], vocab)]
         shard.seconds += time.perf_counter() - start
-        if pred.shape != gt.shape:
-            raise InputError(f"{sample.label}: label is {gt.shape[::-1]} but its image is {pred.shape[::-1]}")
-        shard.matrix.update(pred, gt)
-        shard.done.append(sample.name)
-        if count % FLUSH_EVERY == 0:
-            shard.save()
+        for sample, gt, pred in zip(group, gts, preds):
+            if pred.shape != gt.shape:
+                raise InputError(f"{sample.label}: label is {gt.shape[::-1]} but its image is {pred.shape[::-1]}")
+            shard.matrix.update(pred, gt)
+            shard.done.append(sample.name)
+            count += 1
+            if count % FLUSH_EVERY == 0:
+                shard.save()
+        bar.update(len(group))
+    bar.close()
     shard.complete = True
     shard.save()
 

@@ -243,16 +243,12 @@ def _segment_all(segmenter, todo, vocab, cache: Path, job: dict[str, Any], confi
     from .jobs import stream_images
 
     failed = 0
-    for path, stem, image in stream_images(todo, desc="label", progress=progress):
+    stream = stream_images(todo, desc="label", progress=progress)
+    for path, stem, image, result, error in _segment_groups(segmenter, stream, vocab, confidence):
         files = _cache_files(cache, stem)
-        error = None
-        if image is not None:
-            try:
-                result = segmenter.segment(image, vocab, return_probs=confidence)
-            except InputError as e:
-                error = str(e)
-                tqdm.write(f"ovss: error: {path}: {e}", file=sys.stderr)
-        else:
+        if error is not None:
+            tqdm.write(f"ovss: error: {path}: {error}", file=sys.stderr)
+        elif image is None:
             error = "unreadable image"
         if error is not None:
             failed += 1
@@ -269,6 +265,40 @@ def _segment_all(segmenter, todo, vocab, cache: Path, job: dict[str, Any], confi
         summary.update(job=job, source=str(path), confidence=scores is not None)
         write_json(files["marker"], summary)  # written last: marks the image done
     return failed
+
+
+def _segment_groups(segmenter, stream, vocab, confidence: bool) -> Iterator[tuple[Any, str, Any, Any, str | None]]:
+    """``(path, stem, image, result, error)`` per streamed image. Dense-CLIP methods take
+    ``image_batch`` readable images per ``segment_many`` call (the labels of one at a time); a group
+    that fails is redone one image at a time, so each error names its own image."""
+    batch = getattr(segmenter.settings, "image_batch", 1)
+    group: list[tuple[Any, str, Any]] = []
+    for item in stream:
+        group.append(item)
+        if len(group) == batch:
+            yield from _segment_group(segmenter, group, vocab, confidence)
+            group = []
+    yield from _segment_group(segmenter, group, vocab, confidence)
+
+
+def _segment_group(segmenter, group, vocab, confidence: bool) -> list[tuple[Any, str, Any, Any, str | None]]:
+    readable = [image for _, _, image in group if image is not None]
+    if len(readable) > 1:
+        try:
+            results = iter(segmenter.segment_many(readable, vocab, return_probs=confidence))
+            return [(p, s, im, None if im is None else next(results), None) for p, s, im in group]
+        except InputError:
+            pass  # one image at a time below: each error goes with its own image
+    out = []
+    for path, stem, image in group:
+        result, error = None, None
+        if image is not None:
+            try:
+                result = segmenter.segment(image, vocab, return_probs=confidence)
+            except InputError as e:
+                error = str(e)
+        out.append((path, stem, image, result, error))
+    return out
 
 
 def _wait_for_all(cache: Path, items: list[tuple[Path, str]], job: dict[str, Any]) -> list[str]:

@@ -8,7 +8,8 @@ post-processing (docs/methods.md §0.4). Dense-CLIP methods, FMbSeg and others d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from ..ops.resize import (
     upsample_rows,
 )
 from ..ops.text import embed_queries
-from ..ops.windows import slide
+from ..ops.windows import slide_many
 from ..templates import get_templates
 from ..vocab import Vocabulary
 from .base import Method, MethodOutput
@@ -163,6 +164,7 @@ class DenseMatchingMethod(Method):
     and implement :meth:`embed`."""
 
     text_encoder: TextEncoder
+    batches_images = False  # segment_many shares window batches across images (needs the plain query_scores)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     patch_size: int
@@ -197,34 +199,72 @@ class DenseMatchingMethod(Method):
         resized = resize_image(image, self.resized_size(*image.shape[:2]), s.resize_backend)
         return normalize(resized, self.mean, self.std, s.pixel_constants)
 
+    def precision_context(self) -> contextlib.AbstractContextManager:
+        """How ``embed`` runs at ``settings.precision``: autocast here; a method that casts its
+        image tower once (dense CLIP) runs it without."""
+        return autocast(self.device, self.settings.precision)
+
     @torch.no_grad()
     def query_scores(self, image: np.ndarray, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Window-averaged cosine scores ``(Q, h, w)`` at the resized size, and the resized pixels."""
+        scores, pixels = self.query_scores_many([image], text)
+        return scores[0], pixels[0]
+
+    @torch.no_grad()
+    def query_scores_many(
+        self, images: Sequence[np.ndarray], text: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`query_scores` of several images, their windows batched together (``slide_many``)."""
         s = self.settings
-        pixels = self.pixels(image)
+        pixels = [self.pixels(image) for image in images]
         text = text.to(self.device)
 
         def score_fn(batch: torch.Tensor) -> torch.Tensor:
             return torch.einsum("bdhw,qd->bqhw", self.embed(batch.to(self.device)).float(), text)
 
-        if s.window is not None and min(s.window[0], min(pixels.shape[-2:])) < self.patch_size:
-            raise InputError(
-                f"window {s.window[0]} px (or the resized image {tuple(pixels.shape[-2:])}) is under one "
-                f"{self.patch_size}-pixel patch; use a crop of at least {self.patch_size}",
-                option="window",
-            )
+        for p in pixels:
+            if s.window is not None and min(s.window[0], min(p.shape[-2:])) < self.patch_size:
+                raise InputError(
+                    f"window {s.window[0]} px (or the resized image {tuple(p.shape[-2:])}) is under one "
+                    f"{self.patch_size}-pixel patch; use a crop of at least {self.patch_size}",
+                    option="window",
+                )
         pad = self.patch_size if s.pad_to == "patch" else s.pad_to
-        with autocast(self.device, s.precision):
-            scores = slide(pixels, score_fn, s.window, s.window_batch, pad)
+        with self.precision_context():
+            scores = slide_many(pixels, score_fn, s.window, s.window_batch, pad)
         return scores, pixels
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, vocab: Vocabulary, return_probs: bool = False) -> MethodOutput:
-        s = self.settings
-        size = image.shape[:2]
-        queries = len(vocab.queries)
-        check_segment_memory(queries, vocab.num_classes, size, s, return_probs, self.device)  # before any work
+        self.check_memory(image.shape[:2], vocab, return_probs)  # before any work
         scores, pixels = self.query_scores(image, self.text_embeddings(vocab))
+        return self.labels_from_scores(image.shape[:2], scores, pixels, vocab, return_probs)
+
+    def check_memory(self, size: tuple[int, int], vocab: Vocabulary, return_probs: bool) -> None:
+        check_segment_memory(len(vocab.queries), vocab.num_classes, size, self.settings, return_probs, self.device)
+
+    @torch.no_grad()
+    def segment_many(
+        self, images: Sequence[np.ndarray], vocab: Vocabulary, return_probs: bool = False
+    ) -> list[MethodOutput]:
+        """:meth:`segment` of several images; methods with ``batches_images`` share window batches
+        across them (the same labels as one at a time, tests/test_dense_speed.py)."""
+        if not self.batches_images or len(images) < 2:
+            return [self.segment(image, vocab, return_probs) for image in images]
+        for image in images:
+            self.check_memory(image.shape[:2], vocab, return_probs)
+        scores, pixels = self.query_scores_many(images, self.text_embeddings(vocab))
+        return [
+            self.labels_from_scores(image.shape[:2], sc, px, vocab, return_probs)
+            for image, sc, px in zip(images, scores, pixels)
+        ]
+
+    def labels_from_scores(
+        self, size: tuple[int, int], scores: torch.Tensor, pixels: torch.Tensor, vocab: Vocabulary, return_probs: bool
+    ) -> MethodOutput:
+        """Upsample (or PAMR) the resized-size ``scores`` to ``size`` and post-process them."""
+        s = self.settings
+        queries = len(vocab.queries)
         if s.pamr_iterations > 0:
             band_fn, bands = self._pamr_bands(scores, pixels, size, queries)
         else:
@@ -285,6 +325,6 @@ class DenseMatchingMethod(Method):
     @torch.no_grad()
     def dense_features(self, image: np.ndarray) -> np.ndarray:
         """The language-aligned ``(D, h, w)`` patch embeddings of the resized image (one pass)."""
-        with autocast(self.device, self.settings.precision):
+        with self.precision_context():
             feats = self.embed(self.pixels(image).unsqueeze(0).to(self.device))
         return feats[0].float().cpu().numpy()

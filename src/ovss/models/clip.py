@@ -7,14 +7,16 @@ built from a config, for tests and smoke runs only.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import ModelLoadError
-from .dense_clip import dense_clip_features, last_block_values, project_values
+from .dense_clip import dense_clip_features, last_block_values, project_values, use_onednn_linears
 from .loading import TINY_RANDOM, load_config, load_failure, quiet_hub, warn_tiny_random
 
 CLIP_MODEL_TYPES = ("clip", "metaclip_2")
@@ -38,10 +40,28 @@ class CLIPBackbone:
         self.context_length: int = model.config.text_config.max_position_embeddings
         self.is_tiny_random = name == TINY_RANDOM
         self._fingerprint: str | None = None
+        self._towers: dict[torch.dtype, tuple[torch.nn.Module, torch.nn.Module]] = {}
 
     @property
     def vision(self):
         return self.model.vision_model
+
+    def tower(self, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The image tower and visual projection, or a copy of them cast once to ``dtype``.
+
+        Running a cast copy replaces autocast's cast of every weight at every call (docs/speed.md);
+        the text tower and the loaded weights stay as they are. The class and position embeddings
+        stay fp32, so the position table is resized from fp32 values as under autocast."""
+        if dtype is None or dtype == self.model.visual_projection.weight.dtype:
+            return self.vision, self.model.visual_projection
+        if dtype not in self._towers:
+            vision = use_onednn_linears(copy.deepcopy(self.vision).to(dtype))
+            embeddings: Any = vision.embeddings  # transformers' CLIPVisionEmbeddings
+            embeddings.position_embedding.float()
+            embeddings.class_embedding.data = embeddings.class_embedding.data.float()
+            projection = use_onednn_linears(copy.deepcopy(self.model.visual_projection).to(dtype))
+            self._towers[dtype] = (vision, projection)
+        return self._towers[dtype]
 
     @property
     def fingerprint(self) -> str:
@@ -82,10 +102,14 @@ class CLIPBackbone:
         return torch.nn.functional.normalize(self.model.visual_projection(pooled).float(), dim=-1)
 
     @torch.no_grad()
-    def dense_features(self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def dense_features(
+        self, pixels: torch.Tensor, variant: str, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """``dtype``: run the tower cast to it (see :meth:`tower`); ``None`` = as loaded (autocast applies)."""
+        vision, projection = self.tower(dtype)
         return dense_clip_features(
-            self.vision,
-            self.model.visual_projection,
+            vision,
+            projection,
             pixels.to(self.device),
             variant,
             self.patch_size,

@@ -76,6 +76,31 @@ def _gaussian_prior(h: int, w: int, sigma: float, device: str) -> torch.Tensor:
     return prior.to(device)
 
 
+class OneDNNLinear(torch.nn.Linear):
+    """``nn.Linear`` whose bf16 CPU forward hands the bias to oneDNN with the product (the op
+    inductor's frozen graphs call): ``F.linear`` first copies the broadcast bias into the output,
+    which cost 10% of a bf16 image (docs/speed.md). Bit-identical to ``F.linear``
+    (tests/test_dense_speed.py); every other device and dtype takes ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # under torch.compile, F.linear: inductor's freezing passes prepack it themselves
+        if x.is_cpu and x.dtype == torch.bfloat16 == self.weight.dtype and _HAS_ONEDNN_LINEAR and not _compiling():
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_compiling = torch.compiler.is_compiling
+
+
+def use_onednn_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """Turn every plain ``nn.Linear`` in ``module`` into :class:`OneDNNLinear` (same weights), in place."""
+    for m in module.modules():
+        if type(m) is torch.nn.Linear:
+            m.__class__ = OneDNNLinear
+    return module
+
+
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     b, t, c = x.shape
     return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)
