@@ -72,6 +72,20 @@ def test_chunked_upscale_is_bit_identical(full_width_decoder, rows):
 
 
 @torch.no_grad()
+def test_decoder_attention_paths_are_bit_identical(full_width_decoder):
+    """Block 0's per-head products (no per-prompt copy of the shared image keys) and the
+    in-place update of the image tokens give the decoder's exact numbers."""
+    plain = _state(full_width_decoder, 64, (768, 1024), (480, 640), fast=False)
+    fast = _state(full_width_decoder, 64, (768, 1024), (480, 640), fast=True)
+    points = np.array([[100.5, 50.25], [700.0, 600.0], [10.0, 350.0]])
+    for new, old in zip(fast.run(fast.point_tokens(points), True), plain.run(plain.point_tokens(points), True)):
+        assert torch.equal(new, old)
+    keep = lambda iou: iou > iou.median()  # noqa: E731
+    for new, old in zip(fast.predict(points, True, keep), plain.predict(points, True, keep)):
+        assert torch.equal(new, old)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize(
     "input_hw, crop_hw",
     [((768, 1024), (480, 640)), ((1024, 745), (500, 364)), ((1024, 1024), (300, 300)), ((391, 1024), (171, 448))],

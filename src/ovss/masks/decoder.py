@@ -245,16 +245,16 @@ class SamCropState(_CropState):
             queries = block.layer_norm1(queries)
             t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
             if keys is None:
-                queries = queries + _t2i_shared(t2i, queries + qpe, self.k0, self.v0)
+                queries = queries + _t2i_shared(t2i, queries + qpe, self.k0, self.v0, self.fast_paths)
             else:
                 keys_pe = keys + self.pe
                 queries = queries + _t2i_folded(t2i, queries + qpe, keys_pe, keys)
             queries = block.layer_norm2(queries)
             queries = block.layer_norm3(queries + block.mlp(queries))
             if keys is None:
-                keys = _i2t_shared(i2t, queries + qpe, queries, self.q0, self.src_plus_bias)
+                keys = _i2t_shared(i2t, queries + qpe, queries, self.q0, self.src_plus_bias, self.fast_paths)
             else:
-                keys = _i2t_folded(i2t, queries + qpe, queries, keys_pe, keys)
+                keys = _i2t_folded(i2t, queries + qpe, queries, keys_pe, keys, self.fast_paths)
             keys = block.layer_norm4(keys)
         if keys is None:  # a decoder without two-way blocks
             keys = self.src.expand(tokens.shape[0], -1, -1)
@@ -318,9 +318,15 @@ def _attend(mod, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> 
     return mod.out_proj(out)
 
 
-def _t2i_shared(mod, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _t2i_shared(mod, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Prompt tokens attend to image tokens whose keys/values (H, N, d) all prompts share."""
     q = _heads(mod.q_proj(q_in), mod.num_attention_heads) * mod.scaling  # (B, H, T, d)
+    b, h, t, d = q.shape
+    if fast:
+        # One product per head with the prompts' tokens stacked, (H, B*T, d): broadcasting the
+        # shared (H, N, d) keys/values over B would copy them once per prompt.
+        p = torch.softmax(q.transpose(0, 1).reshape(h, b * t, d) @ k.transpose(-1, -2), dim=-1)  # (H, B*T, N)
+        return mod.out_proj((p @ v).view(h, b, t, d).permute(1, 2, 0, 3).reshape(b, t, h * d))
     p = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, H, T, N)
     out = (p @ v).transpose(1, 2).reshape(q_in.shape[0], q_in.shape[1], -1)
     return mod.out_proj(out)
@@ -350,7 +356,7 @@ def _token_values(mod, tok: torch.Tensor) -> torch.Tensor:
     return vo.reshape(b, h * t, c)
 
 
-def _i2t_shared(mod, tok_pe, tok, q0: torch.Tensor, src_plus_bias: torch.Tensor) -> torch.Tensor:
+def _i2t_shared(mod, tok_pe, tok, q0: torch.Tensor, src_plus_bias: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Block 0: image tokens (queries shared by all prompts, pre-scaled) attend to the prompt
     tokens; returns the image tokens plus the update (before the norm). Scores are laid out
     (B, H, T, N) so the softmax over the 7 tokens runs along a strided axis, which is ~20x
@@ -358,13 +364,18 @@ def _i2t_shared(mod, tok_pe, tok, q0: torch.Tensor, src_plus_bias: torch.Tensor)
     h = mod.num_attention_heads
     b, t, _ = tok.shape
     k = _heads(mod.k_proj(tok_pe), h)  # (B, H, T, d)
-    p = torch.softmax(k @ q0.transpose(-1, -2), dim=2)  # (B, H, T, N)
+    if fast:  # one product per head, as in _t2i_shared; the softmax still runs over the T axis
+        d = k.shape[-1]
+        scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q0.transpose(-1, -2)).view(h, b, t, -1)
+        p = torch.softmax(scores, dim=2).transpose(0, 1)  # (B, H, T, N), strided
+    else:
+        p = torch.softmax(k @ q0.transpose(-1, -2), dim=2)  # (B, H, T, N)
     return torch.baddbmm(
         src_plus_bias.expand(b, -1, -1), p.reshape(b, h * t, -1).transpose(1, 2), _token_values(mod, tok)
     )
 
 
-def _i2t_folded(mod, tok_pe, tok, keys_pe: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def _i2t_folded(mod, tok_pe, tok, keys_pe: torch.Tensor, keys: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Later blocks: (W_q x + b_q) . k = x . (W_q^T k) + b_q . k with per-prompt image tokens x."""
     h = mod.num_attention_heads
     b, t, c = tok.shape
@@ -375,6 +386,10 @@ def _i2t_folded(mod, tok_pe, tok, keys_pe: torch.Tensor, keys: torch.Tensor) -> 
     scores = torch.baddbmm(bias, kq, keys_pe.transpose(1, 2))  # (B, H*T, N)
     p = torch.softmax(scores.view(b, h, t, -1), dim=2).reshape(b, h * t, -1)
     vo = _token_values(mod, tok) + mod.out_proj.bias / h
+    if fast and keys.dtype == p.dtype == vo.dtype:
+        # In place: the caller has no further use for this block's input tokens (the same
+        # product and sum, without copying (B, N, C) first).
+        return keys.baddbmm_(p.transpose(1, 2), vo)
     return torch.baddbmm(keys, p.transpose(1, 2), vo)
 
 
