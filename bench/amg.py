@@ -326,6 +326,7 @@ def main() -> None:
         help="run every configuration in one process, round-robin for --repeats rounds (medians; no per-"
         "configuration peak RSS): ratios then share the machine's load",
     )
+    parser.add_argument("--thresholds", metavar="JSON", help="skip the calibration: the thresholds it printed before")
     parser.add_argument("--keep", metavar="DIR", help="keep every configuration's masks (and results) in DIR")
     parser.add_argument("--child", nargs=3, metavar=("SPEC", "THRESHOLDS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -342,7 +343,11 @@ def main() -> None:
 
     from ovss.masks import SamBackbone
 
-    thresholds = calibrate(SamBackbone(vit_b_sam(), "sam-vit-b"), test_image())
+    thresholds = (
+        json.loads(args.thresholds)
+        if args.thresholds
+        else calibrate(SamBackbone(vit_b_sam(), "sam-vit-b"), test_image())
+    )
     print(f"torch {torch.__version__}, {args.threads} threads; calibrated thresholds {thresholds}", flush=True)
     try:
         import segment_anything  # noqa: F401
