@@ -39,6 +39,7 @@ from ..ops.resize import bilinear_matrix
 from . import amg
 
 KeepFn = Callable[[torch.Tensor], torch.Tensor]  # (b, L) IoU predictions -> (b, L) bool
+UPSCALE_ROWS_PER_THREAD = 512  # image tokens per CPU thread upscaled at a time (SamCropState.upscale)
 
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -55,6 +56,9 @@ class _CropState:
     crop_hw: tuple[int, int]
     low_hw: tuple[int, int]  # low-resolution logits size
     upsample: str = "interpolate"  # "interpolate" (Meta's steps) | "matrix" (one product)
+    # False: the code path before the issue-15 speed-ups (whole-size interpolation, unchunked
+    # upscaling, masks for every IoU survivor); kept as the baseline of bench/amg.py and the tests.
+    fast_paths: bool = True
     _mats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def valid_low_res(self) -> tuple[int, int]:
@@ -85,9 +89,18 @@ class _CropState:
         my, mxt = self._mats
         return my @ logits.float() @ mxt
 
-    def full_size(self, logits: torch.Tensor, threshold: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def full_size(
+        self,
+        logits: torch.Tensor,
+        threshold: float,
+        offset: float,
+        keep: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res logits (M, lh, lw) -> boolean masks at the crop's size and their stability
-        scores, chunked so that at most ~64 MB of full-size logits exist at once."""
+        scores, chunked so that at most ~64 MB of full-size logits exist at once.
+
+        With ``keep`` ((stability scores (k,) of a chunk, index of its first row) -> bool (k,)),
+        masks are made only for the kept logits: one row per True, in order."""
         ch, cw = self.crop_hw
         if logits.shape[0] == 0:
             return torch.zeros(0, ch, cw, dtype=torch.bool), torch.zeros(0)
@@ -95,7 +108,10 @@ class _CropState:
         masks, stabs = [], []
         for a in range(0, logits.shape[0], step):
             full = self.upsample_logits(logits[a : a + step])  # (k, ch, cw)
-            stabs.append(amg.stability_score(full, threshold, offset).cpu())
+            stab = amg.stability_score(full, threshold, offset)
+            stabs.append(stab.cpu())
+            if keep is not None:
+                full = full[keep(stabs[-1], a).to(full.device)]
             masks.append((full > threshold).cpu())
         return torch.cat(masks), torch.cat(stabs)
 
@@ -136,6 +152,11 @@ class SamCropState(_CropState):
         self.b1 = dec.upscale_conv1.bias.repeat(4)
         self.w2 = w2.permute(0, 2, 3, 1).reshape(self.c4, 4 * self.c8)
         self.b2 = dec.upscale_conv2.bias.repeat(4)
+        # Image tokens upscaled at a time on CPUs (cache-sized, more with more threads so each
+        # thread keeps a few hundred rows); GPUs take all tokens at once.
+        self.upscale_rows: int | None = (
+            None if embedding.is_cuda else UPSCALE_ROWS_PER_THREAD * max(1, torch.get_num_threads())
+        )
 
     def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Meta's ``postprocess_masks``: bilinear to input_size^2, crop the unpadded part, bilinear
@@ -148,7 +169,23 @@ class SamCropState(_CropState):
 
     def _interpolate(self, logits: torch.Tensor) -> torch.Tensor:
         (ih, iw), s = self.input_hw, self.input_size
-        x = F.interpolate(logits[:, None], size=(s, s), mode="bilinear", align_corners=False)
+        lh, lw = self.low_hw
+        if self.fast_paths and 4 * lh == s and 4 * lw == s:
+            # Only the unpadded (ih, iw) corner of the s x s step is kept, so only it is computed:
+            # bilinear output pixels are independent, and with scale_factor 4 (no recomputation)
+            # the source coordinates are the same as for size (s, s) (scale 1/4 = lh / s exactly),
+            # so the values are bit for bit those of the whole step (tests/test_sam_speed.py). One
+            # more low-res row/column than ceil(ih / 4) keeps the last output row's upper neighbour.
+            rows, cols = min(lh, ih // 4 + 2), min(lw, iw // 4 + 2)
+            x = F.interpolate(
+                logits[:, None, :rows, :cols],
+                scale_factor=4.0,
+                mode="bilinear",
+                align_corners=False,
+                recompute_scale_factor=False,
+            )
+        else:
+            x = F.interpolate(logits[:, None], size=(s, s), mode="bilinear", align_corners=False)
         x = F.interpolate(x[..., :ih, :iw], size=self.crop_hw, mode="bilinear", align_corners=False)
         return x[:, 0]
 
@@ -208,16 +245,16 @@ class SamCropState(_CropState):
             queries = block.layer_norm1(queries)
             t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
             if keys is None:
-                queries = queries + _t2i_shared(t2i, queries + qpe, self.k0, self.v0)
+                queries = queries + _t2i_shared(t2i, queries + qpe, self.k0, self.v0, self.fast_paths)
             else:
                 keys_pe = keys + self.pe
                 queries = queries + _t2i_folded(t2i, queries + qpe, keys_pe, keys)
             queries = block.layer_norm2(queries)
             queries = block.layer_norm3(queries + block.mlp(queries))
             if keys is None:
-                keys = _i2t_shared(i2t, queries + qpe, queries, self.q0, self.src_plus_bias)
+                keys = _i2t_shared(i2t, queries + qpe, queries, self.q0, self.src_plus_bias, self.fast_paths)
             else:
-                keys = _i2t_folded(i2t, queries + qpe, queries, keys_pe, keys)
+                keys = _i2t_folded(i2t, queries + qpe, queries, keys_pe, keys, self.fast_paths)
             keys = block.layer_norm4(keys)
         if keys is None:  # a decoder without two-way blocks
             keys = self.src.expand(tokens.shape[0], -1, -1)
@@ -240,18 +277,36 @@ class SamCropState(_CropState):
         The 2x2 sub-pixel positions of both transposed convolutions are interleaved only at the
         end, on the small (B, L, ...) logits.
         """
-        dec = self.model.mask_decoder
         b, n, c = keys.shape
         gh, gw = self.grid
-        y = torch.addmm(self.b1, keys.reshape(b * n, c), self.w1).view(b * n * 4, self.c4)
-        ln = dec.upscale_layer_norm
-        y = F.gelu(F.layer_norm(y, (self.c4,), ln.weight, ln.bias, ln.eps))
-        y = F.gelu(torch.addmm(self.b2, y, self.w2))  # (B*N*4, 4*C8)
-        logits = y.view(b, n * 16, self.c8) @ hyper.transpose(1, 2)  # (B, N*16, L)
         levels = hyper.shape[1]
+        rows = self.upscale_rows
+        if not self.fast_paths or rows is None or rows >= n:
+            y = self._upscale_features(keys.reshape(b * n, c))  # (B*N*4, 4*C8)
+            logits = y.view(b, n * 16, self.c8) @ hyper.transpose(1, 2)  # (B, N*16, L)
+        else:
+            # The same products, a few hundred image tokens at a time: the (tokens * 16, C8)
+            # intermediates then stay in cache instead of streaming ~16 MB per prompt through
+            # memory. Rows are independent, so the values are bit for bit the unchunked ones.
+            # Equal chunks: a tiny last chunk would take another (gemv-like) BLAS kernel, whose
+            # rounding differs from the unchunked product's.
+            rows = -(-n // -(-n // rows))
+            logits = torch.empty(b, n * 16, levels, dtype=keys.dtype, device=keys.device)
+            for i in range(b):
+                hyper_t = hyper[i].T
+                for a in range(0, n, rows):
+                    y = self._upscale_features(keys[i, a : a + rows])
+                    torch.mm(y.view(-1, self.c8), hyper_t, out=logits[i, 16 * a : 16 * a + y.shape[0] * 4])
         logits = logits.view(b, gh, gw, 2, 2, 2, 2, levels)  # (i, j, dy1, dx1, dy2, dx2, L)
         logits = logits.permute(0, 7, 1, 3, 5, 2, 4, 6)  # (L, i, dy1, dy2, j, dx1, dx2)
         return logits.reshape(b, levels, 4 * gh, 4 * gw)
+
+    def _upscale_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(R, C) image tokens -> (R * 4, 4 * C8) features of both transposed convolutions."""
+        ln = self.model.mask_decoder.upscale_layer_norm
+        y = torch.addmm(self.b1, tokens, self.w1).view(-1, self.c4)
+        y = F.gelu(F.layer_norm(y, (self.c4,), ln.weight, ln.bias, ln.eps))
+        return F.gelu(torch.addmm(self.b2, y, self.w2))
 
 
 def _attend(mod, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
@@ -263,9 +318,15 @@ def _attend(mod, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> 
     return mod.out_proj(out)
 
 
-def _t2i_shared(mod, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _t2i_shared(mod, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Prompt tokens attend to image tokens whose keys/values (H, N, d) all prompts share."""
     q = _heads(mod.q_proj(q_in), mod.num_attention_heads) * mod.scaling  # (B, H, T, d)
+    b, h, t, d = q.shape
+    if fast:
+        # One product per head with the prompts' tokens stacked, (H, B*T, d): broadcasting the
+        # shared (H, N, d) keys/values over B would copy them once per prompt.
+        p = torch.softmax(q.transpose(0, 1).reshape(h, b * t, d) @ k.transpose(-1, -2), dim=-1)  # (H, B*T, N)
+        return mod.out_proj((p @ v).view(h, b, t, d).permute(1, 2, 0, 3).reshape(b, t, h * d))
     p = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, H, T, N)
     out = (p @ v).transpose(1, 2).reshape(q_in.shape[0], q_in.shape[1], -1)
     return mod.out_proj(out)
@@ -295,7 +356,7 @@ def _token_values(mod, tok: torch.Tensor) -> torch.Tensor:
     return vo.reshape(b, h * t, c)
 
 
-def _i2t_shared(mod, tok_pe, tok, q0: torch.Tensor, src_plus_bias: torch.Tensor) -> torch.Tensor:
+def _i2t_shared(mod, tok_pe, tok, q0: torch.Tensor, src_plus_bias: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Block 0: image tokens (queries shared by all prompts, pre-scaled) attend to the prompt
     tokens; returns the image tokens plus the update (before the norm). Scores are laid out
     (B, H, T, N) so the softmax over the 7 tokens runs along a strided axis, which is ~20x
@@ -303,13 +364,18 @@ def _i2t_shared(mod, tok_pe, tok, q0: torch.Tensor, src_plus_bias: torch.Tensor)
     h = mod.num_attention_heads
     b, t, _ = tok.shape
     k = _heads(mod.k_proj(tok_pe), h)  # (B, H, T, d)
-    p = torch.softmax(k @ q0.transpose(-1, -2), dim=2)  # (B, H, T, N)
+    if fast:  # one product per head, as in _t2i_shared; the softmax still runs over the T axis
+        d = k.shape[-1]
+        scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q0.transpose(-1, -2)).view(h, b, t, -1)
+        p = torch.softmax(scores, dim=2).transpose(0, 1)  # (B, H, T, N), strided
+    else:
+        p = torch.softmax(k @ q0.transpose(-1, -2), dim=2)  # (B, H, T, N)
     return torch.baddbmm(
         src_plus_bias.expand(b, -1, -1), p.reshape(b, h * t, -1).transpose(1, 2), _token_values(mod, tok)
     )
 
 
-def _i2t_folded(mod, tok_pe, tok, keys_pe: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def _i2t_folded(mod, tok_pe, tok, keys_pe: torch.Tensor, keys: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Later blocks: (W_q x + b_q) . k = x . (W_q^T k) + b_q . k with per-prompt image tokens x."""
     h = mod.num_attention_heads
     b, t, c = tok.shape
@@ -320,6 +386,10 @@ def _i2t_folded(mod, tok_pe, tok, keys_pe: torch.Tensor, keys: torch.Tensor) -> 
     scores = torch.baddbmm(bias, kq, keys_pe.transpose(1, 2))  # (B, H*T, N)
     p = torch.softmax(scores.view(b, h, t, -1), dim=2).reshape(b, h * t, -1)
     vo = _token_values(mod, tok) + mod.out_proj.bias / h
+    if fast and keys.dtype == p.dtype == vo.dtype:
+        # In place: the caller has no further use for this block's input tokens (the same
+        # product and sum, without copying (B, N, C) first).
+        return keys.baddbmm_(p.transpose(1, 2), vo)
     return torch.baddbmm(keys, p.transpose(1, 2), vo)
 
 

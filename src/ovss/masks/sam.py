@@ -117,6 +117,9 @@ class SamMaskGenerator:
         self.settings = base
         self.preset = preset
         self._cached: tuple[Any, Any] | None = None  # (image key, encoded state) for predict_points
+        # False: the code path before the issue-15 speed-ups (the baseline of bench/amg.py and of
+        # tests/test_sam_speed.py); the masks are the same either way.
+        self._fast_paths = True
         s = base
         if s.point_grids is not None:
             self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in s.point_grids]
@@ -249,6 +252,7 @@ class SamMaskGenerator:
                     sam.model, emb, size, input_hw, cropped.shape[:2], self.settings.decoder_micro_batch
                 )
         state.upsample = self.settings.upsample
+        state.fast_paths = self._fast_paths
         return state
 
     def _autocast(self):
@@ -292,6 +296,16 @@ class SamMaskGenerator:
                 logits, stab, point_idx, sel_iou = logits[k.to(logits.device)], stab[k], point_idx[k], sel_iou[k]
                 sel_levels = [lv for lv, ok in zip(sel_levels, k.tolist()) if ok]
             masks, _ = state.full_size(logits, thr, off)
+        elif s.stability_score_thresh > 0 and self._fast_paths:
+            # The filter runs chunk by chunk inside full_size, so masks are thresholded and
+            # copied only for the masks that pass it (same masks, same order).
+            def stable(chunk: torch.Tensor, a: int) -> torch.Tensor:
+                return (chunk + stab_offset[a : a + len(chunk)]) >= s.stability_score_thresh
+
+            masks, stab = state.full_size(logits, thr, off, keep=stable)
+            k = (stab + stab_offset) >= s.stability_score_thresh
+            stab, point_idx, sel_iou = stab[k], point_idx[k], sel_iou[k]
+            sel_levels = [lv for lv, ok in zip(sel_levels, k.tolist()) if ok]
         else:
             masks, stab = state.full_size(logits, thr, off)
             if s.stability_score_thresh > 0:
