@@ -326,6 +326,7 @@ LAYERS = {
     "demo": 5,
     "testing": 5,
     "__init__": 5,
+    "__main__": 6,
 }
 KNOWN: set[tuple[str, str]] = set()  # upward imports tolerated for now (none)
 

@@ -770,7 +770,14 @@ def test_oracle_labelling_matches_a_plain_majority_vote():
 
 
 @pytest.mark.long  # three small trainings and an S-Seg+ run: many minutes on a CPU (pytest -m long)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 open: S-Seg gives every region of a scene one name in this world (docs/sseg.md); "
+    "measured at this size: region accuracy 0.229, no-contrastive control 0.208, chance 0.167",
+)
 def test_synthetic_world_sseg_names_regions_and_controls_cannot(tmp_path):
+    """What issue 12 asks of S-Seg: regions named by colour far above chance from captions alone,
+    not by a variant without the contrastive loss, and S-Seg+ at least as good."""
     import sys
     from pathlib import Path
 
@@ -780,8 +787,6 @@ def test_synthetic_world_sseg_names_regions_and_controls_cannot(tmp_path):
     results = bench.run(True, tmp_path, ["sseg", "no_contrastive"], "sseg")
     chance = 1 / len(bench.COLOURS)
     sseg, control, plus = results["sseg"], results["no_contrastive"], results["sseg_plus"]
-    # measured at 250 steps, 384 scenes (bench/sseg_synthetic.py): S-Seg 0.32 pixel accuracy, no contrastive
-    # loss 0.19, S-Seg+ 0.42; all three give every region of a scene one name (distinct 1/3), see docs/sseg.md
-    assert sseg["pixel_acc"] > chance + 0.05, results
-    assert sseg["pixel_acc"] > control["pixel_acc"] + 0.05, results
-    assert plus["pixel_acc"] >= sseg["pixel_acc"] - 0.05, results
+    assert sseg["region_acc"] > chance + 0.3, results
+    assert control["region_acc"] < chance + 0.1, results
+    assert plus["region_acc"] >= sseg["region_acc"] - 0.02, results

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .cliargs import OvssArgumentParser, add_model_args, add_set_arg, classes_ar
 from .cliargs import parse_value as _parse_value  # noqa: F401  (kept for callers of the old name)
 from .data.cli import add_data_parser
 from .demo import add_demo_parser
+from .distributed import DistributedError
 from .errors import InputError, OvssError
 from .labelling import add_label_parser
 from .leaderboard import add_leaderboard_parser
@@ -430,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except OvssError as e:
         print(f"ovss: error: {e.with_flag(flag_for(e.option))}", file=sys.stderr)
+        if isinstance(e, DistributedError):
+            global _GROUP_BROKEN
+            _GROUP_BROKEN = True
         return EXIT_USAGE
     except OSError as e:
         if e.errno not in _USER_OS_ERRORS:
@@ -445,9 +450,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+_GROUP_BROKEN = False  # a collective failed: the process group cannot be torn down cleanly
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``. After a failed collective, gloo's worker threads are still running and the
+    interpreter's teardown aborts the process (SIGABRT, "terminate called without an active
+    exception", seen under load), which would hide the exit code 2: leave without the teardown."""
+    if _GROUP_BROKEN:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _entry() -> None:  # pragma: no cover
-    sys.exit(main())
+    _exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    _exit(main())
