@@ -182,11 +182,12 @@ def test_default_models_are_real_ids_and_offline_errors_name_them(monkeypatch):
     from ovss.models.registry import DEFAULT_CACHE, default_model
 
     assert default_model("clip") == "openai/clip-vit-base-patch16" and default_model("sam") == "facebook/sam-vit-base"
-    from ovss.methods.sseg.pseudo import PAPER_DINO
+    from ovss.methods.sseg.pseudo import pseudo_mask_dino
 
-    assert default_model("dino", PAPER_DINO) == "facebook/dino-vits8"  # S-Seg's paper network, not ProxyCLIP's
+    assert pseudo_mask_dino(None) == "facebook/dino-vits8"  # S-Seg's paper network, not ProxyCLIP's
+    assert pseudo_mask_dino("x/dino") == "x/dino"
     monkeypatch.setenv("OVSS_DEFAULT_MODEL", "tiny-random")
-    assert default_model("dino", PAPER_DINO) == "tiny-random"
+    assert pseudo_mask_dino(None) == "tiny-random"
     monkeypatch.delenv("OVSS_DEFAULT_MODEL")
     DEFAULT_CACHE.release()
     with pytest.raises(ModelLoadError) as e:
@@ -385,3 +386,15 @@ def test_every_mask_generator_has_one_interface():
         masks = generator.generate(image)
         assert isinstance(masks, MaskSet) and masks.image_size == (64, 80)
         assert isinstance(generator.info(), dict)
+
+
+def test_python_dash_m_ovss_is_the_ovss_command():
+    import subprocess
+    import sys
+
+    import ovss
+
+    run = subprocess.run([sys.executable, "-m", "ovss", "--version"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and ovss.__version__ in run.stdout + run.stderr, run.stderr
+    run = subprocess.run([sys.executable, "-m", "ovss", "segment"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr

@@ -9,13 +9,6 @@ import sys
 from typing import Any
 
 from ...errors import InputError
-from ...models.registry import default_model
-
-
-def _dino(args: argparse.Namespace) -> str:
-    from .pseudo import PAPER_DINO
-
-    return getattr(args, "dino", None) or default_model("dino", PAPER_DINO)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,7 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         settings,
-        dino=_dino(args),
+        dino=getattr(args, "dino", None),  # None: the paper's DINO ViT-S/8
         device=getattr(args, "device", None),
         progress=not getattr(args, "no_progress", False),
     )
@@ -106,13 +99,13 @@ def run_pseudo(args: argparse.Namespace) -> int:
     """Uses the training settings k, dino_size, kmeans_iters and seed, so ``--set`` reads the same."""
     from ...device import resolve_device
     from ...models.registry import load_backbone
-    from .pseudo import run_pseudo_cache
+    from .pseudo import pseudo_mask_dino, run_pseudo_cache
     from .train import make_train_settings
 
     if not getattr(args, "out", None):
         raise InputError("--out CACHE is required: the pseudo-mask folder (then train with --set pseudo_cache=CACHE)")
     s = make_train_settings(_overrides(args))
-    dino = load_backbone("dino", _dino(args), resolve_device(args.device))
+    dino = load_backbone("dino", pseudo_mask_dino(getattr(args, "dino", None)), resolve_device(args.device))
     stats = run_pseudo_cache(
         args.data, dino, args.out, s.k, s.dino_size, s.kmeans_iters, s.seed, progress=not args.no_progress
     )

@@ -28,6 +28,13 @@ from ...masks.kmeans import kmeans
 PAPER_DINO = "facebook/dino-vits8"
 
 
+def pseudo_mask_dino(name: str | None) -> str:
+    """The DINO to use: the one named, else the paper's (``OVSS_DEFAULT_MODEL`` overrides, as everywhere)."""
+    from ...models.registry import default_model
+
+    return name or default_model("dino", PAPER_DINO)
+
+
 @torch.no_grad()
 def cluster_maps(
     dino: Any, pixels: torch.Tensor, k: int, dino_size: int, iters: int = 100, seed: int = 0

@@ -27,11 +27,10 @@ import torch
 
 from ...errors import InputError
 from ...io import atomic_path
-from ...models.registry import default_model
 from .data import CaptionStream, collate, count_samples, open_source
 from .losses import contrastive_loss, mask_loss
 from .model import BACKBONE_PRESETS, WEIGHTINGS, ModelConfig, SSegModel
-from .pseudo import PAPER_DINO, cached_masks, pseudo_masks
+from .pseudo import cached_masks, pseudo_mask_dino, pseudo_masks
 
 METHOD = "sseg"
 STATE = "state"
@@ -347,8 +346,7 @@ def train_sseg(
     steps_per_epoch = max(1, samples // settings.batch_size)
     total_steps, factor = _schedule(settings, steps_per_epoch)
 
-    if dino is None:
-        dino = default_model("dino", PAPER_DINO)
+    dino = pseudo_mask_dino(dino) if dino is None or isinstance(dino, str) else dino
     dino_name = dino if isinstance(dino, str) else getattr(dino, "name", type(dino).__name__)
     dino = None if settings.pseudo_cache else load_backbone("dino", dino, dev)
     clip = None
