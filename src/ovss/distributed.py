@@ -48,9 +48,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def init_if_launched() -> bool:
-    """Join the launcher's process group (gloo, which works for CPU tensors on every device) when
-    ``WORLD_SIZE`` > 1 and ``MASTER_ADDR`` is set; returns whether a group exists afterwards."""
+def init_if_launched(backend: str = "gloo") -> bool:
+    """Join the launcher's process group when ``WORLD_SIZE`` > 1 and ``MASTER_ADDR`` is set, with
+    every collective bounded by ``OVSS_DIST_TIMEOUT``; returns whether a group exists afterwards.
+    Jobs that only reduce CPU arrays keep gloo (it works on every device); training on CUDA passes
+    ``backend_for(device)`` (nccl), which DistributedDataParallel needs for CUDA tensors."""
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -61,10 +63,15 @@ def init_if_launched() -> bool:
         return False
     timeout = dist_timeout()
     try:
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     except Exception as e:  # the store and rendezvous raise several kinds
         raise DistributedError(_broken("joining the process group", timeout, e)) from None
     return True
+
+
+def backend_for(device: object) -> str:
+    """nccl for a CUDA device, gloo otherwise."""
+    return "nccl" if getattr(device, "type", str(device)) == "cuda" else "gloo"
 
 
 def _broken(what: str, timeout: float, error: BaseException) -> str:

@@ -53,9 +53,11 @@ def world() -> tuple[int, int]:
 
 
 def init_distributed(device: torch.device) -> None:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA), every collective
+    bounded by ``OVSS_DIST_TIMEOUT`` as in every ovss job."""
+    from ...distributed import backend_for, init_if_launched
+
+    init_if_launched(backend_for(device))
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:

@@ -176,10 +176,9 @@ def make_train_settings(overrides: dict[str, Any]) -> SSegTrainSettings:
 def _init_distributed(device: torch.device) -> tuple[int, int]:
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+    from ...distributed import backend_for, init_if_launched
+
+    init_if_launched(backend_for(device))  # bounded by OVSS_DIST_TIMEOUT, as every ovss job
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
