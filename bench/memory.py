@@ -38,14 +38,7 @@ os.environ.setdefault("OVSS_CACHE_DIR", "")  # no disk text cache: every child e
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-LOOSE = "bench-loose"
-LOOSE_SETTINGS = {
-    "points_per_side": 4,
-    "pred_iou_thresh": -10.0,
-    "stability_score_thresh": 0.0,
-    "box_nms_thresh": 1.0,
-    "stability_at": "low",
-}
+LOOSE = "bench-loose"  # every mask of the tiny random SAM (ovss.testing.standins.EVERY_MASK_SETTINGS)
 VOC_CLASSES = (
     "aeroplane; bicycle; bird; boat; bottle; bus; car; cat; chair; cow; dining table; dog; horse; "
     "motorbike; person; potted plant; sheep; sofa; train; tv monitor"
@@ -169,11 +162,12 @@ def child_growth(job: str, work: Path, n: int, clip: str, leak: bool = False) ->
         args = ["eval", "--method", "sclip", "--dataset", "voc21", "--root", str(work / "voc"), "--clip", clip]
         rc = main([*args, "--device", "cpu", "--out", str(work / "out-eval")])
     elif job == "bank":
-        from ovss.masks.presets import PRESETS, Preset
+        from ovss.masks.presets import PRESETS
         from ovss.methods.tuss.fit import build_bank
         from ovss.methods.tuss.ov import TUSSMethod
+        from ovss.testing.standins import every_mask_preset
 
-        PRESETS[LOOSE] = Preset(LOOSE, "bench: every mask of the tiny random SAM", LOOSE_SETTINGS)
+        PRESETS[LOOSE] = every_mask_preset(LOOSE)
         _count_calls(TUSSMethod, "embed", marks, record)
         seg = Segmenter("tuss", clip="tiny-random", sam="tiny-random", device="cpu", sam_preset=LOOSE, short_side=224)
         paths = sorted((work / "photos").glob("*.jpg"))

@@ -447,18 +447,9 @@ def test_model_loading(tmp_path):
     directory = save_tiny_sam(tmp_path / "sam")
     loaded = load_sam(str(directory))
     assert loaded.kind == "sam" and loaded.input_size == 256
-    from transformers import Dinov2Config, Dinov2Model
+    from ovss.models.dino import build_tiny_dino
 
-    Dinov2Model(
-        Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=28,
-            patch_size=14,
-        )
-    ).save_pretrained(tmp_path / "dino")
+    build_tiny_dino().save_pretrained(tmp_path / "dino")  # a checkpoint of another kind
     with pytest.raises(ModelLoadError, match="not SAM"):
         load_sam(str(tmp_path / "dino"))
     with pytest.raises(ModelLoadError, match=r"no config\.json"):

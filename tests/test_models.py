@@ -38,18 +38,9 @@ def test_padding_to_longest_equals_full_context(tiny_clip):
 
 
 def test_wrong_kind_of_checkpoint(tmp_path):
-    from transformers import Dinov2Config, Dinov2Model
+    from ovss.models.dino import build_tiny_dino
 
-    Dinov2Model(
-        Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=28,
-            patch_size=14,
-        )
-    ).save_pretrained(tmp_path / "dino")
+    build_tiny_dino().save_pretrained(tmp_path / "dino")  # a checkpoint of another kind
     with pytest.raises(ModelLoadError, match="not CLIP"):
         load_clip(str(tmp_path / "dino"))
 

@@ -20,6 +20,7 @@ import pytest
 
 from layouts import _voc
 from ovss.distributed import all_reduce_array, barrier, is_distributed
+from ovss.testing.standins import EVERY_MASK_SETTINGS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIMIT = "4"
@@ -178,9 +179,7 @@ def test_pseudo_label_with_two_processes_equals_one_process(photos, tmp_path):
         assert json.loads(marker.read_text())["source"].endswith(marker.stem + ".png")
 
 
-# every mask of the tiny random SAM, so that the bank is not empty
-LOOSE_SAM = "sam_settings={'points_per_side': 4, 'pred_iou_thresh': -10.0, 'stability_score_thresh': 0.0, "
-LOOSE_SAM += "'box_nms_thresh': 1.0, 'stability_at': 'low'}"
+LOOSE_SAM = f"sam_settings={EVERY_MASK_SETTINGS!r}"  # every mask of the tiny random SAM: the bank is not empty
 
 
 def test_tuss_bank_and_fit_with_two_processes_equal_one_process(photos, tmp_path):

@@ -27,7 +27,7 @@ from ovss import Segmenter
 from ovss.cli import main
 from ovss.errors import InputError
 from ovss.masks.maskset import MaskSet
-from ovss.masks.presets import PRESETS, Preset
+from ovss.masks.presets import PRESETS
 from ovss.methods.tuss.classifier import TUSSClassifier
 from ovss.methods.tuss.fit import (
     FitSettings,
@@ -41,7 +41,7 @@ from ovss.methods.tuss.fit import (
 )
 from ovss.methods.tuss.ov import TUSSMethod, paint
 from ovss.testing import SyntheticCLIP, make_dataset, pixel_accuracy, write_dataset
-from ovss.testing.standins import SyntheticMaskGenerator
+from ovss.testing.standins import SyntheticMaskGenerator, every_mask_preset
 from ovss.vocab import build_vocabulary
 from ovss.vocab import vocabulary_for as _vocabulary_arg
 
@@ -49,13 +49,6 @@ VOC = "vainf_voc_samples"
 PHOTOS = ("0_image", "23_image", "1_image")
 SETTINGS = ("ovss", "wsss", "sss", "fsss")
 LOOSE = "test-loose"
-LOOSE_SETTINGS = {
-    "points_per_side": 4,
-    "pred_iou_thresh": -10.0,
-    "stability_score_thresh": 0.0,
-    "box_nms_thresh": 1.0,
-    "stability_at": "low",
-}
 FIT_ARGS = [
     "--device",
     "cpu",
@@ -104,7 +97,7 @@ def module_env(tmp_path_factory):
     """The test preset and the isolated cache for the module-scoped fits (conftest's is per test)."""
     torch.set_num_threads(1)
     mp = pytest.MonkeyPatch()
-    mp.setitem(PRESETS, LOOSE, Preset(LOOSE, "tests: every mask of the tiny random SAM", LOOSE_SETTINGS))
+    mp.setitem(PRESETS, LOOSE, every_mask_preset(LOOSE))
     mp.setenv("OVSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ovss-cache"))
     yield
     mp.undo()

@@ -7,6 +7,9 @@
   proposals straddle two classes (controlled, reproducible proposal errors).
 * :class:`SyntheticPointPrompter` answers a point with three nested masks (region, region grown,
   whole image) and decreasing predicted IoUs, like SAM's multimask output.
+* :data:`EVERY_MASK_SETTINGS`: SAM generator settings that keep every mask of a 4 x 4 point grid.
+  The tiny random SAM's IoU predictions and stability scores are near zero, so every real preset
+  keeps none of its masks; tests and benches of mask banks use these instead.
 """
 
 from __future__ import annotations
@@ -22,6 +25,22 @@ import torch.nn.functional as F
 from ..masks.amg import connected_components
 from ..masks.maskset import MaskSet
 from .synthetic import PALETTE
+
+EVERY_MASK_SETTINGS: dict[str, Any] = {
+    "points_per_side": 4,
+    "pred_iou_thresh": -10.0,
+    "stability_score_thresh": 0.0,
+    "box_nms_thresh": 1.0,
+    "stability_at": "low",
+}
+
+
+def every_mask_preset(name: str):
+    """A :class:`ovss.masks.presets.Preset` of :data:`EVERY_MASK_SETTINGS` (register it under ``name``)."""
+    from ..masks.presets import Preset
+
+    return Preset(name, "tests: every mask of the tiny random SAM", dict(EVERY_MASK_SETTINGS))
+
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
