@@ -10,6 +10,8 @@ S-Seg+ then trains a UperNet on S-Seg's labels of the training images.
 
     PYTHONPATH=src python bench/sseg_synthetic.py            # full version (minutes on a CPU)
     PYTHONPATH=src python bench/sseg_synthetic.py --quick    # the size the test runs
+    PYTHONPATH=src python bench/sseg_synthetic.py --captions partial --variants sseg_local,local_no_contrastive \
+        --plus-of sseg_local                                    # region features, captions naming a subset
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ MODEL = dict(
     weight_decay=0.0,
     warmup_epochs=0.0,
 )
-TEMPLATE = ("a {} shape",)  # the caption style of this world
+# "all": captions name every colour ("a red shape and a blue shape on green"); "partial": a random subset,
+# as web captions name some of what an image holds ("a red shape", "a shape on green", ...; --captions)
+CAPTIONS = "all"
+TEMPLATES = {"all": ("a {} shape",), "partial": ("a {} shape", "a shape on {}")}  # class prompts in caption style
 # A real CLIP BPE holds colour names as single tokens; the offline byte-level tokenizer spells them
 # out, so the world gets a word-level BPE (ovss.testing.captions.word_tokenizer). Measured at 250
 # steps: InfoNCE 1.1 with it, 1.45 with bytes; naming accuracy within the run-to-run spread.
@@ -71,7 +76,7 @@ def scenes(n: int, seed: int):
     from ovss.testing.captions import make_captioned_scenes
 
     if NAMED_BACKGROUND:
-        return make_captioned_scenes(n, seed=seed, classes=COLOURS, size=64, n_regions=2)
+        return make_captioned_scenes(n, seed=seed, classes=COLOURS, size=64, n_regions=2, mention=CAPTIONS)
     pairs = make_captioned_scenes(
         n, seed=seed, classes=(*COLOURS, BACKGROUND), background=BACKGROUND, size=64, n_regions=2
     )
@@ -88,15 +93,34 @@ def region_names(labels: np.ndarray, truth: np.ndarray, n: int) -> tuple[list[in
     return named, true
 
 
-def evaluate(run: Path, method: str, test) -> dict[str, float]:
+def inference_options(variant: str) -> dict:
+    """The Segmenter settings of an S-Seg run: the training resolution (64; the groupvit family's 448
+    would enlarge the shapes 7x), caption-style prompts, and the variant's inference settings."""
+    from dataclasses import fields
+
+    from ovss.methods.sseg import SSegSettings
+
+    names = {f.name for f in fields(SSegSettings)}
+    own = {k: v for k, v in VARIANTS[variant].items() if k in names}
+    return {"window": None, "templates": TEMPLATES[CAPTIONS], "short_side": 64, **own}
+
+
+def training_settings(variant: str) -> dict:
+    from dataclasses import fields
+
+    from ovss.methods.sseg import SSegSettings
+
+    names = {f.name for f in fields(SSegSettings)}
+    return {k: v for k, v in VARIANTS[variant].items() if k not in names}
+
+
+def evaluate(run: Path, method: str, test, options: dict | None = None) -> dict[str, float]:
     """Pixel accuracy and mIoU, plus what separates naming regions from naming the image:
     ``region_acc`` (a region's majority label is its colour) and ``distinct`` (distinct names over
     regions per scene: 1/3 means every region of a scene got one name, the image's)."""
     import ovss
 
-    # the training resolution (64): the groupvit family's 448 would enlarge the shapes 7x
-    options = {"window": None, "templates": TEMPLATE, "short_side": 64} if method == "sseg" else {}
-    seg = ovss.Segmenter(method, checkpoint=str(run), device="cpu", **options)
+    seg = ovss.Segmenter(method, checkpoint=str(run), device="cpu", **(options or {}))
     mious, accs, region_hits, distinct = [], [], [], []
     for scene, _ in test:
         labels = seg.segment(scene.image, list(COLOURS) if method == "sseg" else None).labels
@@ -114,6 +138,8 @@ def evaluate(run: Path, method: str, test) -> dict[str, float]:
     }
 
 
+LOCAL = {"mask_features": "local", "pooling": "mlp_then_mean", "mask_weighting": "area"}
+# a variant: training settings, and inference settings (SSegSettings fields, e.g. mask_assignment)
 VARIANTS = {
     "sseg": {},
     "sseg_mlp_then_mean": {"pooling": "mlp_then_mean"},
@@ -128,6 +154,11 @@ VARIANTS = {
     },
     "no_contrastive": {"contrastive_weight": 0.0},
     "shuffled_captions": {"shuffle_captions": True},
+    # region features (first-stage features over the pixels each mask wins), projected per mask and
+    # averaged by mask area; at test time each pixel takes its winning query's class (mask_assignment=auto)
+    "sseg_local": LOCAL,
+    "local_no_contrastive": {**LOCAL, "contrastive_weight": 0.0},
+    "local_shuffled_captions": {**LOCAL, "shuffle_captions": True},
 }
 
 
@@ -145,7 +176,7 @@ def train_variant(name: str, quick: bool, out: Path) -> dict[str, float]:
     from ovss.testing.standins import SyntheticDINO
 
     n_train, steps, n_test = sizes(quick)
-    data = out / "data"
+    data = out / f"data-{CAPTIONS}"  # the captions differ by mode, the scenes do not
     if not (data / "captions.jsonl").is_file():
         write_caption_folder(scenes(n_train, 0), data)
     tokenizer = str(word_tokenizer(WORDS, out / "tokenizer"))
@@ -158,11 +189,12 @@ def train_variant(name: str, quick: bool, out: Path) -> dict[str, float]:
             "max_steps": steps,
             "epochs": 1000,
             "save_every": steps,
-            **VARIANTS[name],
+            **training_settings(name),
         }
     )
     train_sseg(data, out / name, settings, dino=SyntheticDINO(patch_size=8, noise=0.02), device="cpu", progress=False)
-    return {**evaluate(out / name, "sseg", scenes(n_test, 1)), "train_s": round(time.time() - start, 1)}
+    result = evaluate(out / name, "sseg", scenes(n_test, 1), inference_options(name))
+    return {**result, "train_s": round(time.time() - start, 1)}
 
 
 def train_plus(teacher: str, quick: bool, out: Path) -> dict[str, float]:
@@ -187,7 +219,7 @@ def train_plus(teacher: str, quick: bool, out: Path) -> dict[str, float]:
         out / f"{teacher}_plus",
         plus,
         device="cpu",
-        teacher_settings={"window": None, "templates": TEMPLATE, "short_side": 64},
+        teacher_settings=inference_options(teacher),
         progress=False,
     )
     return {
@@ -214,9 +246,10 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--plus-of", default="sseg", help="the variant S-Seg+ trains on ('' = none)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default 250)")
+    parser.add_argument("--captions", choices=tuple(TEMPLATES), default="all", help="what captions name (above)")
     args = parser.parse_args()
-    global STEPS
-    STEPS = args.steps
+    global STEPS, CAPTIONS
+    STEPS, CAPTIONS = args.steps, args.captions
     variants = [v for v in args.variants.split(",") if v]
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args.quick, Path(args.out or tmp), variants, args.plus_of or None)

@@ -18,26 +18,48 @@ from PIL import Image
 
 from .synthetic import SyntheticScene, make_scene
 
+MENTIONS = ("all", "partial")
 
-def caption_for(scene: SyntheticScene, rng: random.Random | None = None) -> str:
-    """Name every region colour (in a random order) and the background colour."""
+
+def caption_for(scene: SyntheticScene, rng: random.Random | None = None, mention: str = "all") -> str:
+    """A caption of ``scene``.
+
+    ``mention="all"``: every region colour (in a random order) and the background colour, "a red
+    shape and a blue shape on green". ``"partial"``: a random subset, as web captions name some of
+    what an image holds (often one salient thing): 0 to all region colours, the background with
+    probability 1/2 (always when no region is named), "a red shape", "a shape on green", ...; the
+    class prompts "a {} shape" / "a shape on {}" are then captions of this world."""
+    if mention not in MENTIONS:
+        raise ValueError(f"mention={mention!r} must be one of {', '.join(MENTIONS)}")
     rng = rng or random.Random(scene.seed)
     regions = sorted({scene.class_names[i] for i in scene.instance_labels})
     rng.shuffle(regions)
     if not regions:  # a scene of its background only
         return f"a {scene.background} scene" if scene.background else "an empty scene"
-    parts = [f"a {c} shape" for c in regions]
+    with_background = scene.background is not None
+    if mention == "partial":
+        regions = regions[: rng.randint(0, len(regions))]
+        with_background = with_background and (not regions or rng.random() < 0.5)
+        if not regions and not with_background:  # no named background to fall back on
+            regions = [scene.class_names[scene.instance_labels[0]]]
+    parts = [f"a {c} shape" for c in regions] or ["a shape"]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"{text} on {scene.background}" if scene.background else text
+    return f"{text} on {scene.background}" if with_background else text
 
 
 def make_captioned_scenes(
-    n: int, seed: int = 0, classes: Sequence[str] | None = None, size: int = 64, n_regions: int = 2, **kwargs
+    n: int,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    size: int = 64,
+    n_regions: int = 2,
+    mention: str = "all",
+    **kwargs,
 ) -> list[tuple[SyntheticScene, str]]:
     out = []
     for i in range(n):
         scene = make_scene(seed * 100_003 + i, size=(size, size), classes=classes, n_regions=n_regions, **kwargs)
-        out.append((scene, caption_for(scene)))
+        out.append((scene, caption_for(scene, mention=mention)))
     return out
 
 

@@ -26,6 +26,7 @@ from ...templates import get_templates
 from ...vocab import Vocabulary
 from ..base import Command, Method, MethodOutput, MethodSpec, register_method
 from ..settings import family_defaults
+from .model import partition
 
 # GroupViT / TCL family (mmseg 0.x): short side 448, windows 448 / 224, background where the best
 # class score is under bg_thresh; values of the GroupViT code (NVlabs/GroupViT configs; the paper
@@ -42,6 +43,9 @@ GROUPVIT_FAMILY: dict[str, Any] = {
 }
 
 
+MASK_ASSIGNMENTS = ("auto", "soft", "hard")
+
+
 @dataclass(frozen=True)
 class SSegSettings:
     # short_side, window, templates and prob_thd come from the groupvit family's default column
@@ -54,9 +58,20 @@ class SSegSettings:
     prob_thd: float = 0.0  # background="threshold": class 0 where the best class probability is below this
     precision: str = "fp32"
     window_batch: int = 4
+    # how masks become a semantic map (unknown): "soft" = MaskFormer semantic inference, every query's
+    # class probabilities weighted by its mask sigmoid; "hard" = each pixel takes the class probabilities
+    # of the query whose mask logit is highest there. S-Seg has no "no object" class to silence the
+    # queries that matched no pseudo-mask, and their soft masks cover everything, so "soft" mixes them
+    # into every pixel (docs/sseg.md). "auto": "hard" for a run trained with mask_features=local (its
+    # masks carry region features), else "soft"
+    mask_assignment: str = "auto"
 
     def validate(self) -> None:
         check_precision(self.precision)
+        if self.mask_assignment not in MASK_ASSIGNMENTS:
+            raise InputError(
+                f"setting mask_assignment={self.mask_assignment!r} must be one of {', '.join(MASK_ASSIGNMENTS)}"
+            )
         get_templates(self.templates)
         if self.short_side < 1 or self.long_max < 1 or self.window_batch < 1:
             raise InputError("short_side, long_max and window_batch must be positive")
@@ -103,6 +118,9 @@ class SSegMethod(Method):
         self.mean = tuple(self.ckpt.extra.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(self.ckpt.extra.get("std", (0.229, 0.224, 0.225)))
         self.templates = get_templates(settings.templates)
+        self.mask_assignment = settings.mask_assignment
+        if self.mask_assignment == "auto":
+            self.mask_assignment = "hard" if self.model.config.mask_features == "local" else "soft"
 
     @torch.no_grad()
     def query_embeddings(self, queries: tuple[str, ...]) -> torch.Tensor:
@@ -117,8 +135,9 @@ class SSegMethod(Method):
     def class_scores(
         self, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor, num_classes: int
     ) -> torch.Tensor:
-        """``(B, 3, h, w)`` windows -> ``(B, C, h/4, w/4)`` class probabilities:
-        sum_q p_q(c) sigmoid(m_q) / sum_q sigmoid(m_q) (MaskFormer semantic inference, normalised)."""
+        """``(B, 3, h, w)`` windows -> ``(B, C, h/4, w/4)`` class probabilities: "soft",
+        sum_q p_q(c) sigmoid(m_q) / sum_q sigmoid(m_q) (MaskFormer semantic inference, normalised);
+        "hard", p_q*(c) with q* the query of the highest mask logit at the pixel."""
         masks, features = self.model.forward_image(pixels)
         emb = self.model.mask_embeddings(features).float()  # (B, N, D)
         scale = self.settings.logit_scale or float(self.model.scale())
@@ -127,6 +146,8 @@ class SSegMethod(Method):
         per_class = per_class.scatter_reduce(
             2, query_class.view(1, 1, -1).expand_as(query_probs), query_probs, "amax", include_self=True
         )
+        if self.mask_assignment == "hard":
+            return torch.einsum("bnc,bnhw->bchw", per_class, partition(masks).to(per_class.dtype))
         weights = masks.float().sigmoid()
         scores = torch.einsum("bnc,bnhw->bchw", per_class, weights)
         return scores / weights.sum(1, keepdim=True).clamp(min=1e-6)

@@ -30,7 +30,7 @@ BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     # a few thousand parameters, for tests and smoke runs only
     "swin-test": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4},
 }
-MASK_FEATURES = ("queries", "embeddings", "pooled")
+MASK_FEATURES = ("queries", "embeddings", "pooled", "local")
 TOKENIZERS = ("bytes",)  # built offline; any other value is a CLIPTokenizer id or folder
 
 
@@ -49,7 +49,12 @@ class ModelConfig:
     # mask embeddings); "pooled" = the pixel-decoder embeddings averaged under the mask's sigmoid (at random
     # init these are nearly equal across images, cosine 0.9997 in the synthetic world, and InfoNCE stalls);
     # "embeddings" = MaskFormer's mask embeddings (the MLP of the query that is dotted with the pixel
-    # embeddings to draw the mask), so the feature that names a mask is the one that draws it
+    # embeddings to draw the mask), so the feature that names a mask is the one that draws it;
+    # "local" = the backbone's first-stage features averaged over the pixels the query's mask wins
+    # (argmax over queries, detached), then a linear map to the decoder width: a feature of the
+    # region's own pixels. Queries see the whole image, and the contrastive loss fixes only the mean
+    # of the mask features, so with "queries" every mask of an image gets the image's feature and
+    # one name (measured, docs/sseg.md); "local" cannot carry what lies outside its region.
     mask_features: str = "queries"
     # "batch": BatchNorm in the image projection's hidden layer (as self-supervised projection heads,
     # SimCLR); it removes what all mask features share, which dominates mask-pooled features at init
@@ -149,6 +154,11 @@ def mask_weights(masks: torch.Tensor, weighting: str) -> torch.Tensor | None:
     return area / area.sum(1, keepdim=True).clamp(min=1e-6)
 
 
+def partition(masks: torch.Tensor) -> torch.Tensor:
+    """``(B, N, h, w)`` mask logits -> one-hot ``(B, N, h, w)``: each pixel to the query whose logit is highest."""
+    return F.one_hot(masks.argmax(1), masks.shape[1]).permute(0, 3, 1, 2)
+
+
 class FeatureBatchNorm(nn.BatchNorm1d):
     """BatchNorm over the last dimension of ``(..., C)`` inputs (every mask of the batch is a sample)."""
 
@@ -216,6 +226,10 @@ class SSegModel(nn.Module):
             final_norm = getattr(getattr(encoder, trunk, None), "layernorm", None)
             if final_norm is not None:
                 final_norm.requires_grad_(False)
+        self.local_projection = None
+        if config.mask_features == "local":
+            first_stage = int(self.maskformer.pixel_level_module.encoder.channels[0])
+            self.local_projection = nn.Linear(first_stage, config.hidden)
         # the paper's 2-layer projections, with GELU (unknown; a ReLU projection collapsed to a constant
         # embedding in the synthetic world, its dead units never recovering)
         self.image_projection = _mlp([config.hidden, config.hidden, config.embed_dim], norm=config.projection_norm)
@@ -261,7 +275,8 @@ class SSegModel(nn.Module):
     # --- image side -----------------------------------------------------------------------------
     def forward_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W)`` -> mask logits ``(B, N, H/4, W/4)`` and mask features ``(B, N, hidden)``."""
-        out = self.maskformer(pixel_values=pixels)
+        local = self.config.mask_features == "local"
+        out = self.maskformer(pixel_values=pixels, output_hidden_states=local)
         queries = out.transformer_decoder_last_hidden_state
         pixel_embeddings = out.pixel_decoder_last_hidden_state
         if self.mask_embedder is None:  # Mask2Former: its last mask prediction, from the normalised queries
@@ -277,9 +292,22 @@ class SSegModel(nn.Module):
             return masks, queries
         if self.config.mask_features == "embeddings":
             return masks, embeddings
+        if local:
+            return masks, self.local_features(masks, out.encoder_hidden_states[0])
         weights = masks.sigmoid()
         pooled = torch.einsum("bqhw,bchw->bqc", weights, pixel_embeddings)
         return masks, pooled / weights.sum((2, 3))[..., None].clamp(min=1e-6)
+
+    def local_features(self, masks: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+        """``(B, N, h, w)`` mask logits and ``(B, C, h', w')`` first-stage features -> ``(B, N, hidden)``:
+        each query's mean feature over the pixels where its mask logit is the highest of all queries
+        (zeros for a query that wins no pixel)."""
+        assert self.local_projection is not None
+        if stage.shape[-2:] != masks.shape[-2:]:
+            stage = F.interpolate(stage, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        won = partition(masks.detach()).to(stage.dtype)
+        pooled = torch.einsum("bqhw,bchw->bqc", won, stage) / won.sum((2, 3))[..., None].clamp(min=1)
+        return self.local_projection(pooled)
 
     def image_embedding(
         self, mask_features: torch.Tensor, pooling: str = "mean_then_mlp", weights: torch.Tensor | None = None

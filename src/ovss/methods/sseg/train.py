@@ -52,7 +52,9 @@ class SSegTrainSettings:
     hidden: int = 256  # unknown: MaskFormer's 256
     decoder_heads: int = 8  # unknown: MaskFormer's 8
     embed_dim: int = 256  # one note: 256-d projection
-    mask_features: str = "queries"  # unknown: decoder query outputs ("pooled" = mask-pooled pixel embeddings)
+    # unknown: decoder query outputs; "embeddings", "pooled" (pixel embeddings under each mask), "local" (first-stage
+    # backbone features over the pixels each mask wins: names regions in the synthetic world, docs/sseg.md)
+    mask_features: str = "queries"
     text: str = "scratch"  # paper: 12-layer transformer from scratch; "clip:NAME" = frozen CLIP text (non-faithful)
     text_layers: int = 12  # paper
     text_width: int = 256  # one note: width 256
