@@ -158,6 +158,10 @@ VARIANTS = {
     # averaged by mask area; at test time each pixel takes its winning query's class (mask_assignment=auto)
     "sseg_local": LOCAL,
     "local_no_contrastive": {**LOCAL, "contrastive_weight": 0.0},
+    # each change alone: region features with MaskFormer's soft semantic inference, and hard assignment
+    # over the paper's query features
+    "sseg_local_soft": {**LOCAL, "mask_assignment": "soft"},
+    "sseg_hard": {"mask_assignment": "hard"},
     "local_shuffled_captions": {**LOCAL, "shuffle_captions": True},
 }
 

@@ -755,13 +755,14 @@ def test_sseg_plus_trains_on_teacher_labels_and_segments_with_its_classes(captio
 
     root, _ = caption_folder
     run = tmp_path / "plus"
+    (tmp_path / "classes.txt").write_text("red\ngreen\nblue\n")  # @FILE, as `ovss segment -c @FILE`
     argv = [
         "--images",
         str(root / "images"),
         "--teacher",
         str(teacher_run),
         "--classes",
-        "red; green; blue",
+        f"@{tmp_path / 'classes.txt'}",
         "--out",
         str(run),
         "--device",

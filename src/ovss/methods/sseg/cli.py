@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import Any
 
+from ...cliargs import classes_arg
 from ...errors import InputError
 
 
@@ -60,7 +61,9 @@ def run_train(args: argparse.Namespace) -> int:
 def add_plus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="the target dataset's training images (folder or files)")
     parser.add_argument("--teacher", required=True, help="an S-Seg run folder (from `ovss train --method sseg`)")
-    parser.add_argument("--classes", required=True, help='the target classes, e.g. "cat; sofa, couch; plant"')
+    parser.add_argument(
+        "--classes", required=True, type=classes_arg, help='the target classes ("cat; sofa, couch") or @FILE'
+    )
     parser.add_argument("--background", default=None, help="none | threshold | words | a comma list of words")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
