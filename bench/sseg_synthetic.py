@@ -167,6 +167,7 @@ VARIANTS = {
 
 
 STEPS: int | None = None  # --steps: overrides the optimisation steps of both sizes
+SEED = 0  # --seed: the training seed (initial weights, data order); the scenes stay the same
 
 
 def sizes(quick: bool) -> tuple[int, int, int]:
@@ -190,6 +191,7 @@ def train_variant(name: str, quick: bool, out: Path) -> dict[str, float]:
             **MODEL,
             "tokenizer": tokenizer,
             "batch_size": 16,
+            "seed": SEED,
             "max_steps": steps,
             "epochs": 1000,
             "save_every": steps,
@@ -250,10 +252,11 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--plus-of", default="sseg", help="the variant S-Seg+ trains on ('' = none)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default 250)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, data order)")
     parser.add_argument("--captions", choices=tuple(TEMPLATES), default="all", help="what captions name (above)")
     args = parser.parse_args()
-    global STEPS, CAPTIONS
-    STEPS, CAPTIONS = args.steps, args.captions
+    global STEPS, CAPTIONS, SEED
+    STEPS, CAPTIONS, SEED = args.steps, args.captions, args.seed
     variants = [v for v in args.variants.split(",") if v]
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args.quick, Path(args.out or tmp), variants, args.plus_of or None)
