@@ -23,8 +23,9 @@ A ``+today`` spec runs the generator's code path from before the issue-15 speed-
 (``SamMaskGenerator._fast_paths = False``, fused decoder) and is compared mask for mask with the
 same spec without it; ``+fused`` runs the fused decoder (``decoder="fused"``, the ``exact``
 preset's decoder before it took Meta's operation order). ``meta+tuss`` is Meta's generator with
-the settings of the ``tuss`` preset that it has (32 points, one crop layer with 16x16 points, crop NMS, ``min_mask_region_area`` 100, 256
-points per batch; not the level offsets and the containment filter, which are TUSS's own).
+the settings of the ``tuss`` preset that it has (32 points, one crop layer with 16x16 points,
+crop NMS, ``min_mask_region_area`` 100, 256 points per batch; not the level offsets and the
+containment filter, which are TUSS's own).
 """
 
 from __future__ import annotations
