@@ -126,11 +126,30 @@ def _attend(mod, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
     return mod.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
 
-class MetaOrderSamState(SamCropState):
-    """A SAM crop decoded in Meta's operation order (pixel-exact), see the module docstring."""
+def _scores_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per-prompt part of Meta's attention: heads (n, H, T, d) in, (n, H, T, d) out."""
+    return torch.softmax((q @ k.permute(0, 1, 3, 2)) / math.sqrt(q.shape[-1]), dim=-1) @ v
 
-    def __init__(self, model, embedding: torch.Tensor, input_size: int, input_hw, crop_hw, micro_batch: int = 2):
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class MetaOrderSamState(SamCropState):
+    """A SAM crop decoded in Meta's operation order (pixel-exact), see the module docstring.
+
+    ``batch`` prompts are decoded together, as Meta's generator does with ``points_per_batch``:
+    the products on the prompt tokens (B x 7 rows) round differently at other batch sizes on
+    CPUs. The per-prompt work on the 4,096 image tokens (projections, scores, softmax, norms,
+    upscaling) gives the same values whatever the number of prompts, so it runs ``micro_batch``
+    prompts at a time, keeping its tensors in cache (tests/test_sam_meta_order.py)."""
+
+    def __init__(
+        self, model, embedding: torch.Tensor, input_size: int, input_hw, crop_hw, batch: int = 64, micro_batch: int = 2
+    ):
         super().__init__(model, embedding, input_size, input_hw, crop_hw, micro_batch)
+        self.batch = max(1, batch)
         dec = model.mask_decoder
         c = embedding.shape[1]
         # Meta: image_pe from PositionEmbeddingRandom, src = embedding + dense "no mask" prompt,
@@ -144,12 +163,18 @@ class MetaOrderSamState(SamCropState):
             self.v0 = _split(t2i.v_proj(self.src), t2i.num_attention_heads)
             self.q0 = _split(i2t.q_proj(k), i2t.num_attention_heads)
 
-    def run_meta(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens (B, 7, C) -> (IoU predictions (B, 4), hypernetwork inputs (B, 4, C/8), image tokens (B, N, C))."""
+    def run_meta(
+        self, tokens: torch.Tensor, chunk: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Tokens (B, 7, C) -> (IoU predictions (B, 4), hypernetwork inputs (B, 4, C/8), image
+        tokens as a list of (n, N, C) chunks of ``chunk`` prompts; None: one chunk)."""
         dec = self.model.mask_decoder
         tf = dec.transformer
         b = tokens.shape[0]
-        queries, keys = tokens, None
+        step = chunk or b
+        spans = [(a, min(b, a + step)) for a in range(0, b, step)]
+        queries = tokens
+        keys: list[torch.Tensor] | None = None
         for block in tf.layers:
             if block.skip_first_layer_pe:
                 queries = _attention(block.self_attn, queries, queries, queries)
@@ -158,39 +183,53 @@ class MetaOrderSamState(SamCropState):
                 queries = queries + _attention(block.self_attn, q, q, queries)
             queries = block.layer_norm1(queries)
             t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
-            q = queries + tokens
-            if keys is None:
-                h = t2i.num_attention_heads
-                attn = _attend(
-                    t2i, _split(t2i.q_proj(q), h), self.k0.expand(b, -1, -1, -1), self.v0.expand(b, -1, -1, -1)
-                )
-            else:
-                k = keys + self.pe
-                attn = _attention(t2i, q, k, keys)
-            queries = block.layer_norm2(queries + attn)
+            h = t2i.num_attention_heads
+            qh = _split(t2i.q_proj(queries + tokens), h)
+            heads = []
+            for i, (a, e) in enumerate(spans):
+                if keys is None:
+                    k0, v0 = self.k0.expand(e - a, -1, -1, -1), self.v0.expand(e - a, -1, -1, -1)
+                    heads.append(_scores_out(qh[a:e], k0, v0))
+                else:
+                    kc = keys[i]
+                    heads.append(_scores_out(qh[a:e], _split(t2i.k_proj(kc + self.pe), h), _split(t2i.v_proj(kc), h)))
+            queries = block.layer_norm2(queries + t2i.out_proj(_merge(torch.cat(heads))))
             queries = block.layer_norm3(queries + block.mlp(queries))
+            h = i2t.num_attention_heads
             q = queries + tokens
-            if keys is None:
-                h = i2t.num_attention_heads
-                attn = _attend(
-                    i2t, self.q0.expand(b, -1, -1, -1), _split(i2t.k_proj(q), h), _split(i2t.v_proj(queries), h)
-                )
-                keys = block.layer_norm4(self.src + attn)
-            else:
-                k = keys + self.pe
-                keys = block.layer_norm4(keys + _attention(i2t, k, q, queries))
+            kt, vt = _split(i2t.k_proj(q), h), _split(i2t.v_proj(queries), h)
+            new = []
+            for i, (a, e) in enumerate(spans):
+                if keys is None:
+                    qi, base = self.q0.expand(e - a, -1, -1, -1), self.src
+                else:
+                    qi, base = _split(i2t.q_proj(keys[i] + self.pe), h), keys[i]
+                new.append(block.layer_norm4(base + i2t.out_proj(_merge(_scores_out(qi, kt[a:e], vt[a:e])))))
+            keys = new
         if keys is None:  # a decoder without two-way blocks
-            keys = self.src.expand(b, -1, -1)
-        q = queries + tokens
-        k = keys + self.pe
-        queries = tf.layer_norm_final_attn(queries + _attention(tf.final_attn_token_to_image, q, k, keys))
+            keys = [self.src.expand(e - a, -1, -1) for a, e in spans]
+        final = tf.final_attn_token_to_image
+        h = final.num_attention_heads
+        qh = _split(final.q_proj(queries + tokens), h)
+        heads = [
+            _scores_out(qh[a:e], _split(final.k_proj(kc + self.pe), h), _split(final.v_proj(kc), h))
+            for (a, e), kc in zip(spans, keys)
+        ]
+        queries = tf.layer_norm_final_attn(queries + final.out_proj(_merge(torch.cat(heads))))
         iou = dec.iou_prediction_head(queries[:, 0, :])
         n_masks = dec.num_mask_tokens
         hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in range(n_masks)], dim=1)
         return iou, hyper, keys
 
-    def upscale_meta(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """Meta's ``output_upscaling`` and hypernetwork product: (B, N, C), (B, 4, C8) -> (B, 4, 4gh, 4gw)."""
+    def upscale_meta(self, keys: torch.Tensor, hyper: torch.Tensor, meta_batch: int = 2) -> torch.Tensor:
+        """Meta's ``output_upscaling`` and hypernetwork product: (B, N, C), (B, 4, C8) -> (B, 4, 4gh, 4gw).
+
+        ``meta_batch``: the number of prompts Meta's generator upscales together here. The first
+        transposed convolution returns channels-last memory for two or more prompts and contiguous
+        memory for one, and the norm after it rounds differently on the two layouts; so a single
+        prompt is upscaled as two (itself twice) unless Meta's batch had one prompt too."""
+        if keys.shape[0] == 1 and meta_batch > 1:
+            return self.upscale_meta(torch.cat([keys, keys]), torch.cat([hyper, hyper]))[:1]
         dec = self.model.mask_decoder
         b, _, c = keys.shape
         gh, gw = self.grid
@@ -204,21 +243,24 @@ class MetaOrderSamState(SamCropState):
     def predict(self, points: np.ndarray, multimask: bool, keep: KeepFn):
         ious, pairs, logits = [], [], []
         levels = slice(1, None) if multimask else slice(0, 1)
-        for a in range(0, len(points), self.micro_batch):
-            tokens = self.point_tokens(points[a : a + self.micro_batch])
-            iou, hyper, keys = self.run_meta(tokens)
+        for a in range(0, len(points), self.batch):
+            tokens = self.point_tokens(points[a : a + self.batch])
+            iou, hyper, chunks = self.run_meta(tokens, self.micro_batch)
             iou = iou[:, levels].float().cpu()
             ious.append(iou)
             passed = keep(iou)
-            rows = torch.nonzero(passed.any(dim=1)).flatten()
-            if len(rows) == 0:
-                continue
-            if len(rows) < keys.shape[0]:
-                keys, hyper = keys[rows.to(keys.device)], hyper[rows.to(keys.device)]
-            low = self.upscale_meta(keys, hyper)[:, levels]
-            sel = torch.nonzero(passed[rows])
-            logits.append(low[sel[:, 0].to(low.device), sel[:, 1].to(low.device)].float())
-            pairs.append(torch.stack([rows[sel[:, 0]] + a, sel[:, 1]], dim=1))
+            start = 0
+            for keys in chunks:  # upscaled chunk by chunk, only the points with a level that passed
+                n = keys.shape[0]
+                rows = torch.nonzero(passed[start : start + n].any(dim=1)).flatten()
+                if len(rows):
+                    r = rows.to(keys.device)
+                    low = self.upscale_meta(keys[r] if len(rows) < n else keys, hyper[start + r], len(tokens))
+                    low = low[:, levels]
+                    sel = torch.nonzero(passed[start + rows])
+                    logits.append(low[sel[:, 0].to(low.device), sel[:, 1].to(low.device)].float())
+                    pairs.append(torch.stack([rows[sel[:, 0]] + a + start, sel[:, 1]], dim=1))
+                start += n
         iou_all = torch.cat(ious) if ious else torch.zeros(0, 3 if multimask else 1)
         if not pairs:
             return iou_all, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, *self.low_hw)

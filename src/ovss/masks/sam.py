@@ -252,9 +252,16 @@ class SamMaskGenerator:
                 emb = sam_image_embedding(sam.model, pixels.to(dev), size, meta_order=meta)
                 if meta:
                     # Meta decodes a whole points_per_batch batch at once, and the token-side
-                    # products round differently at other batch sizes: the same batches here.
+                    # products round differently at other batch sizes: the same batches here
+                    # (the image-side work still runs decoder_micro_batch prompts at a time).
                     state = _meta.MetaOrderSamState(
-                        sam.model, emb, size, input_hw, cropped.shape[:2], self.settings.points_per_batch
+                        sam.model,
+                        emb,
+                        size,
+                        input_hw,
+                        cropped.shape[:2],
+                        self.settings.points_per_batch,
+                        self.settings.decoder_micro_batch,
                     )
                     # Meta upsamples (batch, 3 levels, h, w) tensors, and F.interpolate's CPU kernel
                     # rounds (n, 3, h, w) differently from (n, 1, h, w): masks go in groups of 3.
