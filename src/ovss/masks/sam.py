@@ -5,11 +5,12 @@ a local ``save_pretrained`` directory, an original Meta SAM checkpoint (``sam_vi
 or ``tiny-random`` / ``tiny-random-sam2``: small random models for tests and smoke runs.
 
 :class:`SamMaskGenerator` is our own loop over the model (not transformers' mask-generation
-pipeline, which needs torchvision). For SAM it reproduces Meta's ``SamAutomaticMaskGenerator``
-mask for mask (tests/parity) and is several times faster on CPUs: the image encoder runs once
-per image and crop, the decoder's prompt-independent work once per crop, the IoU filter runs
-before any mask is upscaled, and full-size logits come from two small matrix products
-(``decoder.py`` explains each step). Prompts run in batches, so memory stays bounded.
+pipeline, which needs torchvision). For SAM with ``decoder="meta"`` (the ``exact`` preset) it
+reproduces Meta's ``SamAutomaticMaskGenerator`` pixel for pixel (tests/parity; ``meta_order.py``)
+and is faster on CPUs: the image encoder runs once per image and crop, the decoder's
+prompt-independent work once per crop, and the IoU filter runs before any mask is upscaled.
+``decoder="fused"`` re-associates the decoder for more speed (``decoder.py`` explains each step).
+Prompts run in batches, so memory stays bounded.
 """
 
 from __future__ import annotations
