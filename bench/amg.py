@@ -403,10 +403,17 @@ def _report(spec: str, results: dict[str, dict]) -> None:
         if parts[0] == "exact":
             c = compare(results[ref]["out"], out)
             line += (
-                f"\n{'':19s}vs {ref}: {c['count_b']} masks (Meta {c['count_a']}), min IoU {c['min_iou']}, "
+                f"\n{'':19s}vs {ref}: {c['count_b']} masks (Meta {c['count_a']}), identical {c['identical']}, "
+                f"min IoU {c['min_iou']}, "
                 f"unmatched {c['unmatched']}, order swaps at score ties {c['tie_swaps']}, other order "
                 f"differences {c['misordered']}"
             )
+    exact = "+".join(p for p in parts if p != "fused")
+    if "fused" in parts and exact in results:
+        c = compare(results[exact]["out"], out)
+        line += f"\n{'':19s}{exact} (pixel-exact decoder) takes {results[exact]['seconds'] / res['seconds']:5.2f}x "
+        line += f"the time of this one; masks identical {c['identical']} ({c['count_b']} vs {c['count_a']}), "
+        line += f"min IoU {c['min_iou']}"
     new = "+".join(p for p in parts if p != "today")
     if "today" in parts and new in results:
         c = compare(out, results[new]["out"])
