@@ -74,14 +74,16 @@ def _plain_meta(state: meta_order.MetaOrderSamState, tokens: torch.Tensor):
 
 
 @torch.no_grad()
-def test_shared_block0_and_iou_filter_keep_the_plain_bits(full_width_decoder):
+@pytest.mark.parametrize("micro_batch", [1, 2, 5])
+def test_shared_block0_chunks_and_iou_filter_keep_the_plain_bits(full_width_decoder, micro_batch):
     state = meta_order.MetaOrderSamState(
-        full_width_decoder, _embedding(full_width_decoder), 1024, (768, 1024), (480, 640), micro_batch=len(POINTS)
+        full_width_decoder, _embedding(full_width_decoder), 1024, (768, 1024), (480, 640), len(POINTS), micro_batch
     )
     iou_ref, low_ref = _plain_meta(state, state.point_tokens(POINTS))
-    iou, hyper, keys = state.run_meta(state.point_tokens(POINTS))
+    iou, hyper, chunks = state.run_meta(state.point_tokens(POINTS), micro_batch)
+    assert len(chunks) == -(-len(POINTS) // micro_batch)
     assert torch.equal(iou, iou_ref)
-    assert torch.equal(state.upscale_meta(keys, hyper), low_ref)
+    assert torch.equal(state.upscale_meta(torch.cat(chunks), hyper), low_ref)
 
     def keep(i: torch.Tensor) -> torch.Tensor:  # points 1 and 3 are never upscaled
         return (i > i.median()) & (torch.arange(len(i))[:, None] % 2 == 0)
@@ -95,7 +97,7 @@ def test_shared_block0_and_iou_filter_keep_the_plain_bits(full_width_decoder):
 @torch.no_grad()
 def test_meta_order_decoder_is_the_fused_function(full_width_decoder):
     emb = _embedding(full_width_decoder)
-    meta = meta_order.MetaOrderSamState(full_width_decoder, emb, 1024, (768, 1024), (480, 640), micro_batch=5)
+    meta = meta_order.MetaOrderSamState(full_width_decoder, emb, 1024, (768, 1024), (480, 640), 5, 2)
     fused = SamCropState(full_width_decoder, emb, 1024, (768, 1024), (480, 640))
     everything = lambda i: torch.ones_like(i, dtype=torch.bool)  # noqa: E731
     (iou_m, _, low_m), (iou_f, _, low_f) = (

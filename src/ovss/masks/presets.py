@@ -49,7 +49,8 @@ class AMGSettings:
     precision: str = "fp32"  # "bf16": autocast for encoder and decoder
     # "interpolate": Meta's F.interpolate steps, pixel-exact; "matrix": one precomputed product (decoder.py)
     upsample: str = "interpolate"
-    decoder_micro_batch: int = 2  # prompts decoded together inside a batch ("fused" only; same results)
+    # Prompts whose per-image-token decoder work runs together inside a batch (cache-sized; same results).
+    decoder_micro_batch: int = 2
     # "meta": SAM's encoder and decoder in Meta's operation order, pixel-exact against segment_anything;
     # "fused": the re-associated decoder and transformers' encoder (decoder.py), faster, a few pixels
     # next to the threshold may differ (docs/masks.md). SAM2 models always use transformers' decoder.
