@@ -74,7 +74,7 @@ def _plain_meta(state: meta_order.MetaOrderSamState, tokens: torch.Tensor):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("micro_batch", [1, 2, 5])
+@pytest.mark.parametrize("micro_batch", [1, 2])
 def test_shared_block0_chunks_and_iou_filter_keep_the_plain_bits(full_width_decoder, micro_batch):
     state = meta_order.MetaOrderSamState(
         full_width_decoder, _embedding(full_width_decoder), 1024, (768, 1024), (480, 640), len(POINTS), micro_batch
