@@ -20,10 +20,12 @@ get the same thresholds. NMS, box and RLE work then happen on a few hundred mask
         --presets exact+nonms exact+nonms+today tuss tuss+today
 
 A ``+today`` spec runs the generator's code path from before the issue-15 speed-ups
-(``SamMaskGenerator._fast_paths = False``) and is compared mask for mask with the same spec
-without it. ``meta+tuss`` is Meta's generator with the settings of the ``tuss`` preset that it
-has (32 points, one crop layer with 16x16 points, crop NMS, ``min_mask_region_area`` 100, 256
-points per batch; not the level offsets and the containment filter, which are TUSS's own).
+(``SamMaskGenerator._fast_paths = False``, fused decoder) and is compared mask for mask with the
+same spec without it; ``+fused`` runs the fused decoder (``decoder="fused"``, the ``exact``
+preset's decoder before it took Meta's operation order). ``meta+tuss`` is Meta's generator with
+the settings of the ``tuss`` preset that it has (32 points, one crop layer with 16x16 points,
+crop NMS, ``min_mask_region_area`` 100, 256 points per batch; not the level offsets and the
+containment filter, which are TUSS's own).
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ def make_runner(spec: str, thresholds: dict[str, float], models: dict | None = N
         overrides = dict(thresholds, output_mode="uncompressed_rle", **extra)
         if "bf16" in flags:
             overrides["precision"] = "bf16"
+        if "fused" in flags or "today" in flags:  # the fused decoder (today's code had only that one)
+            overrides["decoder"] = "fused"
         if preset == "corrclip":  # its own (low) thresholds are the point of the preset
             overrides = {"output_mode": "uncompressed_rle"}
         gen = SamMaskGenerator(SamBackbone(model, model_name or "sam-vit-b"), preset=preset, **overrides)
@@ -309,7 +313,7 @@ def main() -> None:
         "--presets",
         nargs="+",
         default=DEFAULT_PRESETS,
-        help="[MODEL:]PRESET[+nonms][+bf16]; MODEL sam2-tiny is the SAM2 Hiera-tiny architecture",
+        help="[MODEL:]PRESET[+nonms][+bf16][+fused][+today]; MODEL sam2-tiny is the SAM2 Hiera-tiny architecture",
     )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -399,10 +403,17 @@ def _report(spec: str, results: dict[str, dict]) -> None:
         if parts[0] == "exact":
             c = compare(results[ref]["out"], out)
             line += (
-                f"\n{'':19s}vs {ref}: {c['count_b']} masks (Meta {c['count_a']}), min IoU {c['min_iou']}, "
+                f"\n{'':19s}vs {ref}: {c['count_b']} masks (Meta {c['count_a']}), identical {c['identical']}, "
+                f"min IoU {c['min_iou']}, "
                 f"unmatched {c['unmatched']}, order swaps at score ties {c['tie_swaps']}, other order "
                 f"differences {c['misordered']}"
             )
+    exact = "+".join(p for p in parts if p != "fused")
+    if "fused" in parts and exact in results:
+        c = compare(results[exact]["out"], out)
+        line += f"\n{'':19s}{exact} (pixel-exact decoder) takes {results[exact]['seconds'] / res['seconds']:5.2f}x "
+        line += f"the time of this one; masks identical {c['identical']} ({c['count_b']} vs {c['count_a']}), "
+        line += f"min IoU {c['min_iou']}"
     new = "+".join(p for p in parts if p != "today")
     if "today" in parts and new in results:
         c = compare(out, results[new]["out"])

@@ -25,9 +25,11 @@ NON_SQUARE = "ade20k_sceneparsing/sampleData/images/ADE_val_00000002.jpg"  # 364
 
 
 def meta_sam_postprocess(low: torch.Tensor, input_size: int, input_hw, original_hw) -> torch.Tensor:
-    masks = F.interpolate(low[:, None], (input_size, input_size), mode="bilinear", align_corners=False)
+    """On Meta's (points, 3 levels, h, w) layout: F.interpolate's CPU kernel rounds it differently
+    from a (masks, 1, h, w) one (docs/masks.md, "Parity with Meta's generator")."""
+    masks = F.interpolate(low.view(-1, 3, *low.shape[-2:]), (input_size,) * 2, mode="bilinear", align_corners=False)
     masks = masks[..., : input_hw[0], : input_hw[1]]
-    return F.interpolate(masks, original_hw, mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(masks, original_hw, mode="bilinear", align_corners=False).flatten(0, 1)
 
 
 def meta_sam2_postprocess(low: torch.Tensor, original_hw) -> torch.Tensor:

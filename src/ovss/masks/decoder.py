@@ -59,6 +59,10 @@ class _CropState:
     # False: the code path before the issue-15 speed-ups (whole-size interpolation, unchunked
     # upscaling, masks for every IoU survivor); kept as the baseline of bench/amg.py and the tests.
     fast_paths: bool = True
+    # Masks per F.interpolate channel axis on the "interpolate" route: its CPU kernel rounds
+    # (n, 3, h, w) inputs differently from (n, 1, h, w), and Meta's generator upsamples
+    # (batch, 3 levels, h, w), so the pixel-exact decoder sets 3 (1 keeps the fused path's bits).
+    upsample_group: int = 1
     _mats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def valid_low_res(self) -> tuple[int, int]:
@@ -73,6 +77,10 @@ class _CropState:
 
     def _interpolate(self, logits: torch.Tensor) -> torch.Tensor:
         """(k, lh, lw) -> (k, ch, cw) with Meta's interpolation steps."""
+        return self._interpolate_grouped(logits[:, None])[:, 0]
+
+    def _interpolate_grouped(self, logits: torch.Tensor) -> torch.Tensor:
+        """(n, g, lh, lw) -> (n, g, ch, cw) with Meta's interpolation steps."""
         raise NotImplementedError
 
     def _largest_step(self) -> int:
@@ -82,7 +90,14 @@ class _CropState:
     def upsample_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """(k, lh, lw) low-res logits -> (k, ch, cw) full-size logits by the chosen route."""
         if self.upsample == "interpolate":
-            return self._interpolate(logits.float())
+            g = self.upsample_group
+            if g == 1:
+                return self._interpolate(logits.float())
+            k = logits.shape[0]
+            pad = -k % g  # copies of the last mask fill the last group
+            x = torch.cat([logits, logits[-1:].expand(pad, -1, -1)]) if pad else logits
+            x = x.float().reshape(-1, g, *x.shape[1:])
+            return self._interpolate_grouped(x).flatten(0, 1)[:k]
         if self._mats is None:
             my, mx = self._matrices()
             self._mats = (my.to(logits.device), mx.T.contiguous().to(logits.device))
@@ -167,7 +182,7 @@ class SamCropState(_CropState):
         mx = bilinear_matrix(cw, iw).double() @ bilinear_matrix(s, lw).double()[:iw]
         return my.float(), mx.float()
 
-    def _interpolate(self, logits: torch.Tensor) -> torch.Tensor:
+    def _interpolate_grouped(self, logits: torch.Tensor) -> torch.Tensor:
         (ih, iw), s = self.input_hw, self.input_size
         lh, lw = self.low_hw
         if self.fast_paths and 4 * lh == s and 4 * lw == s:
@@ -178,16 +193,15 @@ class SamCropState(_CropState):
             # more low-res row/column than ceil(ih / 4) keeps the last output row's upper neighbour.
             rows, cols = min(lh, ih // 4 + 2), min(lw, iw // 4 + 2)
             x = F.interpolate(
-                logits[:, None, :rows, :cols],
+                logits[..., :rows, :cols],
                 scale_factor=4.0,
                 mode="bilinear",
                 align_corners=False,
                 recompute_scale_factor=False,
             )
         else:
-            x = F.interpolate(logits[:, None], size=(s, s), mode="bilinear", align_corners=False)
-        x = F.interpolate(x[..., :ih, :iw], size=self.crop_hw, mode="bilinear", align_corners=False)
-        return x[:, 0]
+            x = F.interpolate(logits, size=(s, s), mode="bilinear", align_corners=False)
+        return F.interpolate(x[..., :ih, :iw], size=self.crop_hw, mode="bilinear", align_corners=False)
 
     def _largest_step(self) -> int:
         return max(self.crop_hw[0] * self.crop_hw[1], self.input_size**2)
@@ -411,8 +425,8 @@ class Sam2CropState(_CropState):
         (lh, lw), (ch, cw) = self.low_hw, self.crop_hw
         return bilinear_matrix(ch, lh), bilinear_matrix(cw, lw)
 
-    def _interpolate(self, logits: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(logits[:, None], size=self.crop_hw, mode="bilinear", align_corners=False)[:, 0]
+    def _interpolate_grouped(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(logits, size=self.crop_hw, mode="bilinear", align_corners=False)
 
     def to_input_frame(self, points: np.ndarray) -> np.ndarray:
         ch, cw = self.crop_hw

@@ -5,11 +5,12 @@ a local ``save_pretrained`` directory, an original Meta SAM checkpoint (``sam_vi
 or ``tiny-random`` / ``tiny-random-sam2``: small random models for tests and smoke runs.
 
 :class:`SamMaskGenerator` is our own loop over the model (not transformers' mask-generation
-pipeline, which needs torchvision). For SAM it reproduces Meta's ``SamAutomaticMaskGenerator``
-mask for mask (tests/parity) and is several times faster on CPUs: the image encoder runs once
-per image and crop, the decoder's prompt-independent work once per crop, the IoU filter runs
-before any mask is upscaled, and full-size logits come from two small matrix products
-(``decoder.py`` explains each step). Prompts run in batches, so memory stays bounded.
+pipeline, which needs torchvision). For SAM with ``decoder="meta"`` (the ``exact`` preset) it
+reproduces Meta's ``SamAutomaticMaskGenerator`` pixel for pixel (tests/parity; ``meta_order.py``)
+and is faster on CPUs: the image encoder runs once per image and crop, the decoder's
+prompt-independent work once per crop, and the IoU filter runs before any mask is upscaled.
+``decoder="fused"`` re-associates the decoder for more speed (``decoder.py`` explains each step).
+Prompts run in batches, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..models.sam import (
     load_sam,
 )
 from . import amg
+from . import meta_order as _meta
 from .decoder import Sam2CropState, SamCropState
 from .maskdata import MaskData
 from .maskset import MaskSet
@@ -246,11 +248,29 @@ class SamMaskGenerator:
             state = Sam2CropState(sam.model, [e.float() for e in embeddings], size, cropped.shape[:2])
         else:
             pixels, input_hw = sam_pixels(cropped, size)
+            meta = self.settings.decoder == "meta"
             with self._autocast():
-                emb = sam_image_embedding(sam.model, pixels.to(dev), size)
-                state = SamCropState(
-                    sam.model, emb, size, input_hw, cropped.shape[:2], self.settings.decoder_micro_batch
-                )
+                emb = sam_image_embedding(sam.model, pixels.to(dev), size, meta_order=meta)
+                if meta:
+                    # Meta decodes a whole points_per_batch batch at once, and the token-side
+                    # products round differently at other batch sizes: the same batches here
+                    # (the image-side work still runs decoder_micro_batch prompts at a time).
+                    state = _meta.MetaOrderSamState(
+                        sam.model,
+                        emb,
+                        size,
+                        input_hw,
+                        cropped.shape[:2],
+                        self.settings.points_per_batch,
+                        self.settings.decoder_micro_batch,
+                    )
+                    # Meta upsamples (batch, 3 levels, h, w) tensors, and F.interpolate's CPU kernel
+                    # rounds (n, 3, h, w) differently from (n, 1, h, w): masks go in groups of 3.
+                    state.upsample_group = 3 if self.settings.multimask_output else 1
+                else:
+                    state = SamCropState(
+                        sam.model, emb, size, input_hw, cropped.shape[:2], self.settings.decoder_micro_batch
+                    )
         state.upsample = self.settings.upsample
         state.fast_paths = self._fast_paths
         return state
@@ -369,17 +389,23 @@ class SamMaskGenerator:
         return MaskSet(records, image_hw, info=self.info())
 
 
-def sam_image_embedding(model, pixels: torch.Tensor, size: int) -> torch.Tensor:
+def sam_image_embedding(model, pixels: torch.Tensor, size: int, meta_order: bool = False) -> torch.Tensor:
     """The ViT image embedding; at another input size than the model's, the absolute position
-    table is resized bicubically (the relative tables are resized by transformers itself)."""
+    table is resized bicubically (the relative tables are resized by transformers itself).
+    ``meta_order``: blocks and neck in the operation order of Meta's encoder (``meta_order.py``)."""
     enc = model.vision_encoder
-    if size == model.config.vision_config.image_size:
+    same_size = size == model.config.vision_config.image_size
+    if same_size and not meta_order:
         return enc(pixels).last_hidden_state
     x = enc.patch_embed.projection(pixels).permute(0, 2, 3, 1)
-    if enc.pos_embed is not None:
-        pos = enc.pos_embed.permute(0, 3, 1, 2)
-        pos = F.interpolate(pos.float(), size=x.shape[1:3], mode="bicubic", align_corners=False)
-        x = x + pos.permute(0, 2, 3, 1).to(x.dtype)
+    pos = enc.pos_embed
+    if pos is not None and not same_size:
+        pos = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=x.shape[1:3], mode="bicubic", align_corners=False)
+        pos = pos.permute(0, 2, 3, 1).to(x.dtype)
+    if meta_order:
+        return _meta.image_embedding(enc, x, pos)
+    if pos is not None:
+        x = x + pos
     for layer in enc.layers:
         x = layer(x)
     return enc.neck(x)
