@@ -219,6 +219,27 @@ def test_a_second_process_on_the_same_out_is_refused_until_the_first_dies(photos
     assert not (out / ".ovss.lock").exists() and len(list(out.rglob("*.json"))) == 2
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombie states are read from Linux's /proc")
+def test_a_killed_holder_left_as_a_zombie_does_not_block_the_next_run(photos, tmp_path):
+    """A killed job's processes stay zombies until someone reaps them (a container's init may not):
+    their pids still answer kill(pid, 0), but they hold no lock."""
+    from ovss.io import pid_alive
+
+    out = tmp_path / "masks"
+    holder = _hold(out)
+    holder.kill()  # not reaped: the holder is a zombie until holder.wait()
+    deadline = time.time() + 30
+    while Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.time() < deadline, "the killed holder never became a zombie"
+        time.sleep(0.01)
+    try:
+        assert not pid_alive(holder.pid) and pid_alive(os.getpid())
+        assert main(["masks", str(photos), "--generator", "kmeans", "--out", str(out)]) == 0
+        assert not (out / ".ovss.lock").exists()
+    finally:
+        holder.wait()
+
+
 def test_ranks_hold_their_own_locks_and_a_single_process_is_refused(tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("RANK", "0")

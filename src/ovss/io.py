@@ -217,14 +217,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (a process we may not signal still exists)."""
+    """Whether process ``pid`` runs on this machine (a process we may not signal still runs). A zombie
+    does not: a killed job's processes stay zombies until their parent or init reaps them, which a
+    container's init may never do, and their locks must not block the resume."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state letter follows the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def is_stale_part(path: Path) -> bool:
