@@ -3,6 +3,7 @@ and the loss log of an uninterrupted run; a run with no optimisation step writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -259,19 +260,39 @@ def torchrun(tmp_path: Path, images: Path, labels: Path, out: Path) -> list[str]
     return [*head, str(script), *command(images, labels, out)[3:]]
 
 
-def _wait_until_gone(group: int, seconds: float = 30.0) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(group, 0)  # any process of the group still alive?
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _kill_all(launcher: subprocess.Popen) -> None:
+    """SIGKILL the launcher and its ranks. torchrun starts each rank in a session of its own, so a
+    signal to the launcher's process group does not reach them: they would die later, on their own,
+    still holding their output locks when the re-run starts."""
+    from ovss.io import pid_alive
+
+    ranks = _children(launcher.pid)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.time() + 30
+    while any(pid_alive(pid) for pid in ranks) and time.time() < deadline:  # SIGKILL is asynchronous
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_resume_exactly_after_a_kill(reference, tmp_path):
-    """gloo on CPU: each rank trains on its share of every batch; SIGKILL to the whole process group
+    """gloo on CPU: each rank trains on its share of every batch; SIGKILL to the launcher and both ranks
     after the first mid-epoch state, then a re-run, gives the uninterrupted two-rank weights."""
     images, labels = reference["images"], reference["labels"]
     whole = subprocess.run(
@@ -298,9 +319,7 @@ def test_two_ranks_under_torchrun_resume_exactly_after_a_kill(reference, tmp_pat
                 assert time.time() < deadline, "the kill point was never reached"
                 time.sleep(0.01)
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-            proc.wait()
-    _wait_until_gone(proc.pid)  # SIGKILL is asynchronous: a rank can outlive the launcher's wait by a moment
+            _kill_all(proc)
     assert not (out / "model.safetensors").exists()
     again = subprocess.run(
         torchrun(tmp_path, images, labels, out), env=environment(), capture_output=True, text=True, timeout=TIMEOUT
