@@ -46,3 +46,27 @@ def tiny_clip():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return load_clip("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    """The tiny random SAM behind ovss's SAM interface."""
+    from ovss.masks import SamBackbone
+    from ovss.models.sam import build_tiny_sam
+
+    return SamBackbone(build_tiny_sam(), "tiny")
+
+
+@pytest.fixture(scope="module")
+def full_width_decoder():
+    """SAM ViT-B's prompt encoder and mask decoder (transformers defaults: width 256, 1024 input,
+    64x64 tokens) behind a tiny vision encoder, random weights: real-shaped decoder tensors."""
+    import torch
+    from transformers import SamConfig, SamModel
+
+    from ovss.models.sam import randomize_sam
+
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64, global_attn_indexes=[0])
+    torch.manual_seed(0)
+    config = SamConfig(vision_config=vision, mask_decoder_config=dict(layer_norm_eps=1e-5))
+    return randomize_sam(SamModel(config), seed=0).eval()

@@ -194,14 +194,11 @@ def test_frozen_compile_matches_eager(photos):
         assert len(compiled.method._compiled) == 1
 
 
-def test_eval_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeypatch):
+def _count_segment_many(monkeypatch) -> list[int]:
+    """The batch size of every Segmenter.segment_many call from now on (the real method still runs)."""
     import ovss.api as api
-    from layouts import _voc
-    from ovss.evaluate import EvalJob, run_eval
 
-    root = tmp_path / "data"
-    _voc(evaldata, root)
-    calls = []
+    calls: list[int] = []
     real = api.Segmenter.segment_many
 
     def counting(self, images, *args, **kwargs):
@@ -209,6 +206,16 @@ def test_eval_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeypa
         return real(self, images, *args, **kwargs)
 
     monkeypatch.setattr(api.Segmenter, "segment_many", counting)
+    return calls
+
+
+def test_eval_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeypatch):
+    from layouts import _voc
+    from ovss.evaluate import EvalJob, run_eval
+
+    root = tmp_path / "data"
+    _voc(evaldata, root)
+    calls = _count_segment_many(monkeypatch)
     reports = [
         run_eval(
             EvalJob(
@@ -239,14 +246,7 @@ def test_label_with_image_batch_equals_one_at_a_time(evaldata, tmp_path, monkeyp
     for n in ("0", "120"):
         (folder / f"{n}.png").write_bytes((evaldata / "vainf_voc_samples" / "samples" / f"{n}_image.png").read_bytes())
     (folder / "broken.png").write_bytes(b"not a png")  # an unreadable image inside a group
-    calls = []
-    real = api.Segmenter.segment_many
-
-    def counting(self, images, *args, **kwargs):
-        calls.append(len(images))
-        return real(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(api.Segmenter, "segment_many", counting)
+    calls = _count_segment_many(monkeypatch)
     common = dict(
         classes="cat; dog; person", formats="png", progress=False, device="cpu", short_side=112, **ONE_TEMPLATE
     )

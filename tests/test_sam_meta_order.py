@@ -15,30 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from ovss.errors import InputError
-from ovss.masks import SamBackbone, SamMaskGenerator, meta_order
+from ovss.masks import SamMaskGenerator, meta_order
 from ovss.masks.decoder import SamCropState
 from ovss.masks.sam import sam_image_embedding
-from ovss.models.sam import build_tiny_sam
 
 POINTS = np.array([[100.5, 50.25], [700.0, 600.0], [10.0, 350.0], [512.0, 512.0], [3.0, 1000.0]])
-
-
-@pytest.fixture(scope="module")
-def tiny_sam() -> SamBackbone:
-    return SamBackbone(build_tiny_sam(), "tiny")
-
-
-@pytest.fixture(scope="module")
-def full_width_decoder():
-    """SAM ViT-B's prompt encoder and mask decoder (width 256, 64x64 tokens), tiny vision encoder."""
-    from transformers import SamConfig, SamModel
-
-    from ovss.models.sam import randomize_sam
-
-    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64, global_attn_indexes=[0])
-    torch.manual_seed(0)
-    config = SamConfig(vision_config=vision, mask_decoder_config=dict(layer_norm_eps=1e-5))
-    return randomize_sam(SamModel(config), seed=0).eval()
 
 
 def _embedding(model, grid: int = 64) -> torch.Tensor:

@@ -13,31 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from ovss.masks import SamBackbone, SamMaskGenerator, decoder
+from ovss.masks import SamMaskGenerator, decoder
 from ovss.masks.decoder import SamCropState
-from ovss.models.sam import build_tiny_sam
+from ovss.testing.standins import LOOSE_THRESHOLDS as LOOSE  # a few masks of the tiny random SAM pass
 
 PHOTO = "ade20k_sceneparsing/sampleData/images/ADE_val_00000001.jpg"
-LOOSE = dict(pred_iou_thresh=0.5, stability_score_thresh=0.05, stability_score_offset=0.3)
-
-
-@pytest.fixture(scope="module")
-def tiny_sam() -> SamBackbone:
-    return SamBackbone(build_tiny_sam(), "tiny")
-
-
-@pytest.fixture(scope="module")
-def full_width_decoder():
-    """SAM ViT-B's prompt encoder and mask decoder (transformers defaults: width 256, 1024 input,
-    64x64 tokens) behind a tiny vision encoder, random weights: real-shaped decoder tensors."""
-    from transformers import SamConfig, SamModel
-
-    from ovss.models.sam import randomize_sam
-
-    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64, global_attn_indexes=[0])
-    torch.manual_seed(0)
-    config = SamConfig(vision_config=vision, mask_decoder_config=dict(layer_norm_eps=1e-5))
-    return randomize_sam(SamModel(config), seed=0).eval()
 
 
 @pytest.fixture(scope="module")

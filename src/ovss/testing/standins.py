@@ -7,6 +7,7 @@
   proposals straddle two classes (controlled, reproducible proposal errors).
 * :class:`SyntheticPointPrompter` answers a point with three nested masks (region, region grown,
   whole image) and decreasing predicted IoUs, like SAM's multimask output.
+* :data:`LOOSE_THRESHOLDS`: SAM filter thresholds that let a few of the tiny random SAM's masks through.
 * :data:`EVERY_MASK_SETTINGS`: SAM generator settings that keep every mask of a 4 x 4 point grid.
   The tiny random SAM's IoU predictions and stability scores are near zero, so every real preset
   keeps none of its masks; tests and benches of mask banks use these instead.
@@ -26,6 +27,11 @@ from ..masks.amg import connected_components
 from ..masks.maskset import MaskSet
 from .synthetic import PALETTE
 
+LOOSE_THRESHOLDS: dict[str, float] = {
+    "pred_iou_thresh": 0.5,
+    "stability_score_thresh": 0.05,
+    "stability_score_offset": 0.3,
+}
 EVERY_MASK_SETTINGS: dict[str, Any] = {
     "points_per_side": 4,
     "pred_iou_thresh": -10.0,

@@ -228,7 +228,7 @@ class SSegModel(nn.Module):
                 final_norm.requires_grad_(False)
         self.local_projection = None
         if config.mask_features == "local":
-            first_stage = int(self.maskformer.pixel_level_module.encoder.channels[0])
+            first_stage = int(encoder.channels[0])
             self.local_projection = nn.Linear(first_stage, config.hidden)
         # the paper's 2-layer projections, with GELU (unknown; a ReLU projection collapsed to a constant
         # embedding in the synthetic world, its dead units never recovering)
