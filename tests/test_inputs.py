@@ -127,6 +127,8 @@ def test_find_images(tmp_path):
     _png(tmp_path / "sub" / "b.png", "L", np.zeros((4, 4), np.uint8))
     _png(tmp_path / "a.png", "L", np.zeros((4, 4), np.uint8))
     (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "._a.png").write_bytes(b"\0\5\26\7")  # macOS metadata beside a copied image
+    (tmp_path / ".a.png.host-1.x1.part.png").write_bytes(b"")  # what a killed write leaves
     assert [p.name for p in find_images([tmp_path])] == ["a.png", "b.png"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no images"):

@@ -162,7 +162,8 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 def find_images(inputs: list[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
     """Expand files and directories (recursively, sorted) into image paths; files inside the
     folder ``exclude`` (the output folder, when it lies inside an input folder) are left out of
-    the directory search, so a re-run never takes its own outputs for inputs."""
+    the directory search, so a re-run never takes its own outputs for inputs. Hidden files are
+    skipped too: a killed run's temporary ``.NAME.*.part.png`` and macOS's ``._NAME.png`` are not images."""
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[Path] = []
     for item in inputs:
@@ -171,7 +172,10 @@ def find_images(inputs: list[str | os.PathLike], exclude: str | os.PathLike | No
             files = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _inside(p, skip)
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not p.name.startswith(".")
+                and not _inside(p, skip)
             )
             if not files:
                 raise InputError(f"{path}: directory holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")

@@ -107,7 +107,7 @@ def pair_images_and_labels(images: Path, labels: Path) -> list[tuple[Path, Path]
         raise InputError(f"{images}: image folder not found")
     if not labels.is_dir():
         raise InputError(f"{labels}: label folder not found (run `ovss pseudo-label` first)")
-    by_stem = {p.stem: p for p in labels.rglob("*.png")}
+    by_stem = {p.stem: p for p in labels.rglob("*.png") if not p.name.startswith(".")}
     pairs = [
         (p, by_stem[p.stem])
         for p in sorted(images.rglob("*"))
