@@ -27,6 +27,7 @@ from scipy import ndimage
 from ovss.data.classes import CLASS_NAMES
 from ovss.errors import InputError
 from ovss.export import ExportItem, export_dataset, parse_formats
+from ovss.io import is_scratch_file
 from ovss.labelling import add_label_parser, cmd_label, label
 from ovss.result import SegResult, palette
 
@@ -542,7 +543,7 @@ def test_label_survives_kill_9(evaldata, tmp_path):
     child = subprocess.Popen([sys.executable, script, folder, out, "0.5"], env=env, stderr=subprocess.DEVNULL)
 
     def markers() -> int:  # not the hidden .NAME.json.*.part.json a write in flight holds
-        return len([p for p in (out / "cache" / "done").glob("*.json") if not p.name.startswith(".")])
+        return len([p for p in (out / "cache" / "done").glob("*.json") if not is_scratch_file(p.name)])
 
     deadline = time.time() + 300
     while time.time() < deadline and markers() < 3:

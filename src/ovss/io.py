@@ -159,11 +159,18 @@ def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         raise InputError(f"{path}: {problem}")
 
 
+def is_scratch_file(name: str) -> bool:
+    """A file no job should read: a killed write's temporary ``.NAME.*.part.EXT`` (:func:`atomic_path`)
+    or macOS's ``._NAME`` metadata beside a copied file. Other names that start with a dot are
+    legal images and stay inputs."""
+    return name.startswith("._") or (name.startswith(".") and ".part" in name)
+
+
 def find_images(inputs: list[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
     """Expand files and directories (recursively, sorted) into image paths; files inside the
     folder ``exclude`` (the output folder, when it lies inside an input folder) are left out of
-    the directory search, so a re-run never takes its own outputs for inputs. Hidden files are
-    skipped too: a killed run's temporary ``.NAME.*.part.png`` and macOS's ``._NAME.png`` are not images."""
+    the directory search, so a re-run never takes its own outputs for inputs. Scratch files
+    (:func:`is_scratch_file`) are left out of the search too."""
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[Path] = []
     for item in inputs:
@@ -174,7 +181,7 @@ def find_images(inputs: list[str | os.PathLike], exclude: str | os.PathLike | No
                 for p in path.rglob("*")
                 if p.is_file()
                 and p.suffix.lower() in IMAGE_SUFFIXES
-                and not p.name.startswith(".")
+                and not is_scratch_file(p.name)
                 and not _inside(p, skip)
             )
             if not files:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..._version import __version__
 from ...errors import InputError
-from ...io import IMAGE_SUFFIXES, load_image
+from ...io import IMAGE_SUFFIXES, is_scratch_file, load_image
 from ...losses import LOSSES, loss_by_name
 from ...ops.resize import normalize
 from ...ops.text import embed_queries
@@ -107,7 +107,7 @@ def pair_images_and_labels(images: Path, labels: Path) -> list[tuple[Path, Path]
         raise InputError(f"{images}: image folder not found")
     if not labels.is_dir():
         raise InputError(f"{labels}: label folder not found (run `ovss pseudo-label` first)")
-    by_stem = {p.stem: p for p in labels.rglob("*.png") if not p.name.startswith(".")}
+    by_stem = {p.stem: p for p in labels.rglob("*.png") if not is_scratch_file(p.name)}
     pairs = [
         (p, by_stem[p.stem])
         for p in sorted(images.rglob("*"))
