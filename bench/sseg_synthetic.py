@@ -163,6 +163,8 @@ VARIANTS = {
     "sseg_local_soft": {**LOCAL, "mask_assignment": "soft"},
     "sseg_hard": {"mask_assignment": "hard"},
     "local_shuffled_captions": {**LOCAL, "shuffle_captions": True},
+    # region features averaged by the share of pixels each mask wins (a query that wins none adds nothing)
+    "sseg_local_won": {**LOCAL, "mask_weighting": "won"},
 }
 
 
@@ -258,6 +260,12 @@ def main() -> None:
     global STEPS, CAPTIONS, SEED
     STEPS, CAPTIONS, SEED = args.steps, args.captions, args.seed
     variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    teacher_kept = args.out is not None and (Path(args.out) / args.plus_of).is_dir()
+    if args.plus_of and args.plus_of not in variants and not teacher_kept:
+        parser.error(f"--plus-of {args.plus_of} is neither trained in this run nor in --out; add it to --variants")
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args.quick, Path(args.out or tmp), variants, args.plus_of or None)
     results["chance"] = {"pixel_acc": round(1 / len(COLOURS), 4)}

@@ -454,7 +454,7 @@ def test_hard_mask_assignment_gives_each_pixel_its_winning_querys_classes(captio
 
 
 @pytest.mark.parametrize("pooling", ["mean_then_mlp", "mlp_then_mean"])
-@pytest.mark.parametrize("weighting", ["uniform", "area"])
+@pytest.mark.parametrize("weighting", ["uniform", "area", "won"])
 def test_image_embedding_pools_mask_features_as_a_plain_loop(pooling, weighting):
     from ovss.methods.sseg.model import ModelConfig, SSegModel, mask_weights
 
@@ -465,18 +465,21 @@ def test_image_embedding_pools_mask_features_as_a_plain_loop(pooling, weighting)
     got = model.image_embedding(features, pooling, mask_weights(masks, weighting))
     for b in range(2):
         area = [float(torch.sigmoid(masks[b, q]).mean()) for q in range(6)]
-        w = [1 / 6] * 6 if weighting == "uniform" else [a / sum(area) for a in area]
+        won = [sum(int(masks[b, :, y, x].argmax()) == q for y in range(8) for x in range(8)) / 64 for q in range(6)]
+        w = {"uniform": [1 / 6] * 6, "area": [a / sum(area) for a in area], "won": won}[weighting]
         mlp = model.image_projection
         if pooling == "mean_then_mlp":
             plain = mlp(sum(w[q] * features[b, q] for q in range(6)))
         else:
             plain = sum(w[q] * mlp(features[b, q]) for q in range(6))
         torch.testing.assert_close(got[b], plain / plain.norm(), atol=1e-5, rtol=1e-5)
-    # an empty mask adds nothing to the area-weighted embedding
-    masks[:, 0] = -1e4
+    # an empty mask adds nothing to the area-weighted embedding; under "won", neither does a mask that
+    # wins no pixel though its soft area is far from zero
+    masks[:, 0] = -1e4 if weighting == "area" else masks[:, 1:].max(1).values - 0.5
+    assert weighting != "won" or float(masks[:, 0].sigmoid().mean()) > 0.1
     features2 = features.clone()
     features2[:, 0] = 100.0
-    if weighting == "area":
+    if weighting != "uniform":
         torch.testing.assert_close(
             model.image_embedding(features, pooling, mask_weights(masks, weighting)),
             model.image_embedding(features2, pooling, mask_weights(masks, weighting)),

@@ -138,7 +138,7 @@ def build_tokenizer(spec: str = "bytes"):
         ) from None
 
 
-WEIGHTINGS = ("uniform", "area")
+WEIGHTINGS = ("uniform", "area", "won")
 
 
 def mask_weights(masks: torch.Tensor, weighting: str) -> torch.Tensor | None:
@@ -147,9 +147,15 @@ def mask_weights(masks: torch.Tensor, weighting: str) -> torch.Tensor | None:
     "area": each mask weighs by its soft area (mean sigmoid), detached so that only the mask loss
     draws the masks. A query whose mask is empty in this image then adds nothing to the image
     embedding: with a uniform mean, queries bound to one colour each give the same mean for every
-    image, whatever it contains (measured: InfoNCE stays at log(batch) in the synthetic world)."""
+    image, whatever it contains (measured: InfoNCE stays at log(batch) in the synthetic world).
+
+    "won": each mask weighs by the share of pixels where its logit is the highest (the partition that
+    ``mask_features="local"`` pools over), so a query that wins no pixel weighs nothing; its soft
+    area is never exactly zero."""
     if weighting == "uniform":
         return None
+    if weighting == "won":
+        return partition(masks.detach()).float().mean((2, 3))
     area = masks.detach().float().sigmoid().mean((2, 3))
     return area / area.sum(1, keepdim=True).clamp(min=1e-6)
 

@@ -65,7 +65,8 @@ class SSegTrainSettings:
     max_logit_scale: float = 100.0  # unknown: CLIP's clamp
     pooling: str = "mean_then_mlp"  # paper: mean of the mask embeddings, then the 2-layer MLP
     projection_norm: str = "none"  # unknown: "batch" = BatchNorm in the image projection's hidden layer
-    mask_weighting: str = "uniform"  # unknown: "uniform" mean (the paper's words) or by soft mask "area"
+    # unknown: "uniform" mean (the paper's words), by soft mask "area", or by the share of pixels each mask "won"
+    mask_weighting: str = "uniform"
     # pseudo-masks
     k: int = 8  # paper: K = 8
     dino_size: int = 448  # unknown: DINO input side (448 -> 56x56 tokens at patch 8)
