@@ -130,6 +130,8 @@ def test_find_images(tmp_path):
     (tmp_path / "._a.png").write_bytes(b"\0\5\26\7")  # macOS metadata beside a copied image
     (tmp_path / ".a.png.host-1.x1.part.png").write_bytes(b"")  # what a killed write leaves
     assert [p.name for p in find_images([tmp_path])] == ["a.png", "b.png"]
+    _png(tmp_path / ".party.png", "L", np.zeros((4, 4), np.uint8))  # a legal name, not a scratch file
+    assert [p.name for p in find_images([tmp_path])] == [".party.png", "a.png", "b.png"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no images"):
         find_images([tmp_path / "empty"])

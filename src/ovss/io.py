@@ -163,7 +163,7 @@ def is_scratch_file(name: str) -> bool:
     """A file no job should read: a killed write's temporary ``.NAME.*.part.EXT`` (:func:`atomic_path`)
     or macOS's ``._NAME`` metadata beside a copied file. Other names that start with a dot are
     legal images and stay inputs."""
-    return name.startswith("._") or (name.startswith(".") and ".part" in name)
+    return name.startswith("._") or (name.startswith(".") and re.search(r"\.part(\.[^.]*)?$", name) is not None)
 
 
 def find_images(inputs: list[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
